@@ -1,0 +1,34 @@
+"""Exceptions that the CLI turns into one clear line instead of a traceback."""
+
+
+class ZscirError(Exception):
+    """A user-facing error: bad input, a missing file, an unreachable model. The message says what to do."""
+
+
+class DataError(ZscirError):
+    """A dataset file or image is missing, malformed or undecodable (the message names file, record and field)."""
+
+
+class ModelLoadError(ZscirError):
+    """A model, tokenizer or checkpoint could not be found or does not fit (the message names the shapes)."""
+
+
+class MissingExtraError(ZscirError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or raise MissingExtraError naming the extra to install.
+
+    Args:
+        module: importable module name, e.g. "faiss".
+        extra: the zscir extra that provides it, e.g. "index".
+    Returns:
+        The imported module.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(f"{module} is not installed: pip install 'zscir[{extra}]' ({exc})") from exc
