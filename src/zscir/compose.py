@@ -1,0 +1,115 @@
+"""Composed queries: prompt templates (data), caption cleaning, query composition, CIG fusion.
+
+The one place that turns (pseudo token, relative caption(s)) into a normalised query vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from zscir.errors import DataError, ZscirError
+
+PSEUDO_WORD = "$"
+
+# Prompt templates as data. `{caption}` is the relative caption; `$` is the pseudo word.
+TEMPLATES: dict[str, str] = {
+    "default": "a photo of $ that {caption}",
+    "plain": "a photo of $",
+    "circo-concept": "a photo of $ that {caption}",  # with the concept prepended to the caption (see circo_text)
+}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt with the pseudo word `$` and an optional `{caption}` slot."""
+
+    text: str = TEMPLATES["default"]
+
+    def __post_init__(self):
+        words = self.text.replace("{caption}", " ").split()
+        if PSEUDO_WORD not in words:
+            raise ZscirError(f"prompt template {self.text!r} has no pseudo word '{PSEUDO_WORD}' (as a separate word)")
+
+    @classmethod
+    def named(cls, name_or_text: str) -> PromptTemplate:
+        """A registered template by name, or the text itself."""
+        return cls(TEMPLATES.get(name_or_text, name_or_text))
+
+    def format(self, caption: str = "") -> str:
+        """The prompt for one (already cleaned) caption."""
+        return self.text.replace("{caption}", caption)
+
+
+def clean_caption(caption: str, where: str = "caption") -> str:
+    """Strip whitespace and trailing ".?, " characters; an empty result is an error naming `where`."""
+    if not isinstance(caption, str):
+        raise DataError(f"{where}: expected a string, got {type(caption).__name__}")
+    cleaned = caption.strip().rstrip(".?, ").strip()
+    if not cleaned:
+        raise DataError(f"{where}: empty caption")
+    return cleaned
+
+
+def caption_variants(captions: Sequence[str]) -> list[str]:
+    """The caption texts a query is encoded with.
+
+    One caption → itself. Two (FashionIQ) → "c1 and c2" and "c2 and c1" (averaged later).
+    """
+    cleaned = [clean_caption(c) for c in captions]
+    if len(cleaned) == 1:
+        return cleaned
+    if len(cleaned) == 2:
+        return [f"{cleaned[0]} and {cleaned[1]}", f"{cleaned[1]} and {cleaned[0]}"]
+    raise DataError(f"a query has 1 or 2 captions, got {len(cleaned)}")
+
+
+def compose_queries(
+    backbone,
+    pseudo_tokens: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    template: PromptTemplate | None = None,
+    batch_size: int = 256,
+    text_tower: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Normalised composed queries q = normalize(encode(template(caption), v)) (METHODS.md §1).
+
+    Args:
+        backbone: a `Backbone`.
+        pseudo_tokens: [N, H] one pseudo token per query (Phi output, not normalised).
+        captions: N tuples of 1 or 2 relative captions; two captions are encoded in both orders,
+            each normalised, averaged and renormalised.
+        template: prompt with `$` and `{caption}`.
+        text_tower: optional replacement text tower (e.g. RTD fine-tuned).
+    Returns:
+        [N, P] float32 L2-normalised query vectors on the CPU.
+    """
+    template = template or PromptTemplate()
+    if len(captions) != pseudo_tokens.shape[0]:
+        raise ValueError(f"{len(captions)} caption tuples for {pseudo_tokens.shape[0]} pseudo tokens")
+    prompts, owners = [], []
+    for row, caps in enumerate(captions):
+        for text in caption_variants(caps):
+            prompts.append(template.format(text))
+            owners.append(row)
+    owner_index = torch.tensor(owners, dtype=torch.long)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            rows = owner_index[start : start + batch_size]
+            out = backbone.encode_composed(prompts[start : start + batch_size], pseudo_tokens[rows],
+                                           text_tower=text_tower)
+            chunks.append(F.normalize(out.text_embeds.float().cpu(), dim=-1))
+    per_prompt = torch.cat(chunks)
+    summed = torch.zeros(len(captions), per_prompt.shape[1]).index_add_(0, owner_index, per_prompt)
+    return F.normalize(summed, dim=-1)
+
+
+def fuse_queries(reference_queries: torch.Tensor, generated_queries: torch.Tensor, alpha: float) -> torch.Tensor:
+    """CIG fusion q = normalize(α·f_ref + (1−α)·f_gen) of two [N, P] normalised query sets (METHODS.md §5)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ZscirError(f"alpha must be in [0, 1], got {alpha}")
+    return F.normalize(alpha * reference_queries + (1.0 - alpha) * generated_queries, dim=-1)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny CLIP backbones built from configs (offline, CPU, seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_CORPUS = [
+    "a photo of a red circle on a white background",
+    "a small blue square at the top left",
+    "make the circle green and remove the star",
+    "turn the red square into a triangle",
+    "a ball with all colours in the center",
+    "change the background to black",
+    "a photo of $ that is blue",
+    "add a large yellow hexagon at the bottom right",
+    "move the star to the middle",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A CLIP-format BPE tokenizer trained on a few sentences (`$` is one token)."""
+    from zscir.models.tokenizer import train_clip_tokenizer
+
+    return train_clip_tokenizer(TINY_CORPUS * 4, vocab_size=700, model_max_length=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_size():
+    """A CLIP small enough for unit tests; projection ≠ hidden so dims cannot be confused."""
+    from zscir.models.factory import ClipSize
+
+    return ClipSize(projection_dim=24, text_hidden=32, text_layers=2, text_heads=2, context_length=16,
+                    vision_hidden=32, vision_layers=2, vision_heads=2, image_size=16, patch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory, tiny_tokenizer, tiny_size):
+    """Folder with a random tiny CLIPModel + tokenizer + processor, loadable by `Backbone.load`."""
+    from zscir.models.factory import build_clip, save_clip_folder
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    save_clip_folder(build_clip(tiny_tokenizer, tiny_size, seed=0), tiny_tokenizer, folder, tiny_size)
+    return folder
+
+
+@pytest.fixture()
+def tiny_backbone(tiny_clip_dir):
+    """A fresh `Backbone` on the tiny CLIP (fp32, CPU)."""
+    from zscir.models.backbone import Backbone
+
+    return Backbone.load(str(tiny_clip_dir))

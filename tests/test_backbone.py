@@ -1,0 +1,90 @@
+"""Backbone loading, encoders and bad input."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zscir.errors import ModelLoadError
+from zscir.models.backbone import Backbone, target_pad
+
+
+def _images(n, size=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_dims_and_tokenizer(tiny_backbone, tiny_size):
+    assert tiny_backbone.projection_dim == tiny_size.projection_dim
+    assert tiny_backbone.hidden_size == tiny_size.text_hidden
+    assert tiny_backbone.context_length == tiny_size.context_length
+    ids = tiny_backbone.tokenize(["a photo of $ that is blue"])
+    assert ids.shape == (1, tiny_size.context_length)
+    assert int((ids == tiny_backbone.pseudo_token_id).sum()) == 1
+    assert tiny_backbone.tokenizer.convert_ids_to_tokens(tiny_backbone.pseudo_token_id) == "$</w>"
+
+
+def test_encode_image_batched_equals_one_batch(tiny_backbone):
+    images = _images(7)
+    small = tiny_backbone.encode_image(images, batch_size=2)
+    full = tiny_backbone.encode_image(images, batch_size=64)
+    assert small.shape == (7, tiny_backbone.projection_dim)
+    torch.testing.assert_close(small, full, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        direct = tiny_backbone.vision(pixel_values=tiny_backbone.preprocess(images)).image_embeds
+    torch.testing.assert_close(full, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_text_matches_tower(tiny_backbone):
+    texts = ["a red circle", "make the square green"]
+    with torch.no_grad():
+        expected = tiny_backbone.text(input_ids=tiny_backbone.tokenize(texts)).text_embeds
+    torch.testing.assert_close(tiny_backbone.encode_text(texts, batch_size=1), expected, atol=1e-5, rtol=0)
+
+
+def test_bf16_backbone_runs(tiny_clip_dir):
+    backbone = Backbone.load(str(tiny_clip_dir), dtype="bf16")
+    assert backbone.text.dtype == torch.bfloat16
+    out = backbone.encode_image(_images(2))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_target_pad():
+    wide = Image.new("RGB", (100, 40), (255, 255, 255))
+    padded = target_pad(wide, 1.25)
+    assert padded.size == (100, 80)
+    assert padded.getpixel((0, 0)) == (0, 0, 0) and padded.getpixel((50, 40)) == (255, 255, 255)
+    square = Image.new("RGB", (50, 45))
+    assert target_pad(square, 1.25) is square
+
+
+def test_fingerprint_changes_with_weights(tiny_clip_dir):
+    a = Backbone.load(str(tiny_clip_dir))
+    before = a.vision_fingerprint()
+    assert Backbone.load(str(tiny_clip_dir)).vision_fingerprint() == before
+    with torch.no_grad():
+        a.vision.visual_projection.weight[0, 0] += 1.0
+    assert a.vision_fingerprint() != before
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(ModelLoadError, match="known names: .*ViT-L/14"):
+        Backbone.load("nonsense-model")
+
+
+def test_hub_id_offline_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="unreachable.*local folder"):
+        Backbone.load("ViT-B/32")
+    assert time.monotonic() - start < 30
+
+
+def test_synthetic_backbone_not_built_says_how(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="zscir demo"):
+        Backbone.load("synthetic-clip")
