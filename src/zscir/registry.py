@@ -43,7 +43,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
         BackboneSpec("ViT-B/32", "openai/clip-vit-base-patch32", 512, 512, "OpenAI CLIP ViT-B/32 (SEARLE B/32)"),
-        BackboneSpec("ViT-L/14", "openai/clip-vit-large-patch14", 768, 768, "OpenAI CLIP ViT-L/14 (SDXL text encoder 1)"),
+        BackboneSpec("ViT-L/14", "openai/clip-vit-large-patch14", 768, 768, "OpenAI CLIP ViT-L/14 (SDXL text 1)"),
         BackboneSpec("ViT-H/14", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", 1024, 1024, "LAION CLIP ViT-H/14"),
         BackboneSpec("bigG/14", "Geonmo/CLIP-Giga-config-fixed", 1280, 1280, "CLIP bigG/14 (SDXL text encoder 2)"),
         BackboneSpec(
@@ -88,4 +88,4 @@ def resolve_backbone(name_or_path: str) -> tuple[str, BackboneSpec | None]:
     if Path(name_or_path).exists() or "/" in name_or_path:
         return name_or_path, None
     known = ", ".join(list(BACKBONES) + sorted(ALIASES))
-    raise ModelLoadError(f"unknown backbone {name_or_path!r}; known names: {known}; or pass a hub id or a local folder")
+    raise ModelLoadError(f"unknown backbone {name_or_path!r}; known names: {known}; or pass a hub id or local folder")

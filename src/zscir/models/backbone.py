@@ -248,7 +248,8 @@ class Backbone:
 
     def with_text_tower(self, text_tower: torch.nn.Module) -> Backbone:
         """A copy of this backbone whose text tower is replaced (e.g. an RTD fine-tuned one)."""
-        if text_tower.config.hidden_size != self.hidden_size or text_tower.config.projection_dim != self.projection_dim:
+        config = text_tower.config
+        if config.hidden_size != self.hidden_size or config.projection_dim != self.projection_dim:
             raise ModelLoadError(
                 f"text tower dims (hidden {text_tower.config.hidden_size}, projection "
                 f"{text_tower.config.projection_dim}) do not match the backbone (hidden {self.hidden_size}, "

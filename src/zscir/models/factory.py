@@ -62,7 +62,8 @@ def image_processor_for(image_size: int):
     """A CLIP image processor (PIL path) that resizes and centre-crops to `image_size`."""
     from transformers import CLIPImageProcessorPil
 
-    return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    crop = {"height": image_size, "width": image_size}
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop)
 
 
 def save_clip_folder(model, tokenizer, folder: str | Path, size: ClipSize | None = None) -> Path:
