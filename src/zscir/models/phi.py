@@ -52,7 +52,8 @@ class Phi(nn.Module):
         try:
             first, last = state["layers.0.weight"], state["layers.6.weight"]
         except KeyError as exc:
-            raise ModelLoadError(f"not a Phi state dict: missing key {exc.args[0]!r} (have {sorted(state)[:6]})") from exc
+            keys = sorted(state)[:6]
+            raise ModelLoadError(f"not a Phi state dict: missing key {exc.args[0]!r} (have {keys})") from exc
         phi = cls(first.shape[1], last.shape[0], first.shape[0], dropout)
         phi.load_state_dict(state)
         return phi
