@@ -48,6 +48,7 @@ GIF = _image_bytes("GIF", seed=2)
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
 
     def handle_error(self, request, client_address):  # a client that timed out and left: expected here
         pass
