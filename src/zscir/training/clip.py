@@ -1,0 +1,140 @@
+"""Contrastive pretraining of a small CLIP on a stream of (image, caption) pairs (the synthetic world).
+
+The world renders fresh pairs on the fly, so this trainer is step-based with no epochs; it is the
+one place where zscir trains a CLIP from scratch. Loss: the standard symmetric InfoNCE over the
+batch with CLIP's learnable temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from zscir.models.factory import ClipSize, build_clip, save_clip_folder
+
+# (rng, batch_size) -> (images, captions)
+PairSampler = Callable[[random.Random, int], tuple[Sequence[Image.Image], Sequence[str]]]
+
+
+@dataclass
+class ClipTrainConfig:
+    """Recipe for the tiny CLIP (WORLD-NOTES: these settings train in minutes on 2 cores)."""
+
+    size: ClipSize = field(default_factory=ClipSize)
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.04
+    bf16: bool = True
+    seed: int = 0
+    threads: int | None = None
+
+
+def pixels_from_images(images: Sequence[Image.Image], processor) -> torch.Tensor:
+    """Fast preprocessing for images already at the processor's crop size: rescale + normalise.
+
+    Equal to `processor(images)` for such images (tested), without PIL resizing per image.
+    """
+    crop = processor.crop_size
+    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])  # [N, S, S, 3]
+    if array.shape[1:3] != (crop["height"], crop["width"]):
+        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+    mean = np.asarray(processor.image_mean, dtype=np.float32)
+    std = np.asarray(processor.image_std, dtype=np.float32)
+    array = (array * np.float32(processor.rescale_factor) - mean) / std
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: matching pairs sit on the diagonal of the [B, B] similarity matrix."""
+    image_embeds = F.normalize(image_embeds.float(), dim=-1)
+    text_embeds = F.normalize(text_embeds.float(), dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * image_embeds @ text_embeds.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def train_clip(
+    sample_pairs: PairSampler,
+    tokenizer,
+    out_dir: str | Path,
+    config: ClipTrainConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a CLIP from scratch on sampled pairs and save it as a loadable folder.
+
+    Args:
+        sample_pairs: `(rng, batch_size) -> (images, captions)`, fresh pairs per call.
+        tokenizer: CLIP-format tokenizer (e.g. `train_clip_tokenizer` on the world's texts).
+        out_dir: destination folder (config + weights + tokenizer + processor + `train_log.json`).
+        config: recipe; `ClipTrainConfig()` by default.
+        progress: show a tqdm bar.
+    Returns:
+        `out_dir`, loadable with `Backbone.load(str(out_dir))`.
+    """
+    from tqdm.auto import tqdm
+
+    from zscir.models.factory import image_processor_for
+
+    config = config or ClipTrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    model = build_clip(tokenizer, config.size, seed=config.seed).train()
+    processor = image_processor_for(config.size.image_size)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=config.betas,
+    )
+    warmup = max(1, int(config.warmup_fraction * config.steps))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    context = config.size.context_length
+    losses, start = [], time.time()
+    bar = tqdm(range(config.steps), desc="train tiny CLIP", disable=not progress or None)
+    for step in bar:
+        images, captions = sample_pairs(rng, config.batch_size)
+        pixels = pixels_from_images(images, processor)
+        ids = tokenizer(list(captions), padding="max_length", truncation=True, max_length=context,
+                        return_tensors="pt")["input_ids"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            image_embeds = model.get_image_features(pixel_values=pixels).pooler_output
+            text_embeds = model.get_text_features(input_ids=ids).pooler_output
+        loss = clip_loss(image_embeds, text_embeds, model.logit_scale)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"tiny CLIP training: non-finite loss at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    out_dir = Path(out_dir)
+    model.eval()
+    save_clip_folder(model, tokenizer, out_dir, config.size)
+    log = {"config": asdict(config), "seconds": round(time.time() - start, 1), "loss_first_10": np.mean(losses[:10]),
+           "loss_last_10": float(np.mean(losses[-10:])), "steps": config.steps}
+    (out_dir / "train_log.json").write_text(json.dumps(log, indent=2, default=float))
+    return out_dir
