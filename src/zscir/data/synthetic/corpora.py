@@ -1,0 +1,161 @@
+"""Text and image-text corpora of the synthetic world: a CLIP pretraining stream, LinCIR captions,
+RTD triplets, a held-out image-caption set, and `world_texts()` for training the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from zscir.data.synthetic.captions import (
+    CORNER_TEMPLATE,
+    POSITION_TEMPLATES,
+    SCENE_TEMPLATES,
+    describe_scene,
+    join_phrases,
+)
+from zscir.data.synthetic.edits import RESIZE_TEMPLATES, TEMPLATES, apply_edit, relative_caption, sample_edit
+from zscir.data.synthetic.render import render_scene
+from zscir.data.synthetic.scene import random_scene
+from zscir.data.synthetic.vocab import BACKGROUNDS, CELL_NAMES, COLOURS, PROMPT_PREFIX, PSEUDO_TOKEN, SHAPES, SIZES
+from zscir.utils.io import atomic_path
+
+# Edits used for "pairs" in the CLIP stream: the kinds the prototype's image tower failed on
+# (position, presence) come first, binding (recolour/reshape) next.
+PAIR_KINDS: tuple[str, ...] = ("move", "add", "remove", "recolour", "reshape")
+
+
+def clip_pretraining_stream(seed: int, image_size: int = 48, relative_fraction: float = 0.15,
+                            composed_fraction: float = 0.0, pair_fraction: float = 0.25
+                            ) -> Iterator[tuple[Image.Image, str]]:
+    """An endless, seeded stream of (image, text) pairs for contrastive CLIP pretraining.
+
+    Most items are a fresh random scene with a paraphrased full caption. Mixed in (see WORLD-NOTES:
+    a text tower that never saw edit words cannot read relative captions):
+    - relative items: the image of an edited scene with the relative caption that produced it
+      ("make the circle green" paired with a picture containing a green circle);
+    - composed items: the edited image with "{reference caption} that {relative caption}"
+      phrased as the inference prompt ("a photo of ... that ..."); off by default because it
+      trains the zero-shot task itself;
+    - pairs (position-aware variety): a scene and a one-edit variant of it (mostly move/add/remove)
+      are yielded back to back, each with its own caption, so a batch holds near-duplicates that
+      differ only in a position or in presence, which the image tower must tell apart.
+
+    Args:
+        seed: stream seed (the same seed gives the same sequence).
+        image_size: rendered image side.
+        relative_fraction: probability of a relative item.
+        composed_fraction: probability of a composed item.
+        pair_fraction: probability of a back-to-back pair (two items).
+    Yields:
+        (PIL RGB image, text).
+    """
+    if relative_fraction + composed_fraction + pair_fraction > 1:
+        raise ValueError("relative_fraction + composed_fraction + pair_fraction must be <= 1")
+    rng = random.Random(f"{seed}-clip-stream")
+    while True:
+        scene = random_scene(rng)
+        u = rng.random()
+        if u < relative_fraction + composed_fraction + pair_fraction:
+            edit = sample_edit(scene, rng, PAIR_KINDS if u >= relative_fraction + composed_fraction else None)
+            target = apply_edit(scene, edit)
+            image = render_scene(target, image_size, rng.getrandbits(31))
+            if u < relative_fraction:
+                yield image, relative_caption(scene, edit, rng)
+            elif u < relative_fraction + composed_fraction:
+                ref_text = describe_scene(scene, rng)
+                yield image, f"{PROMPT_PREFIX.replace(PSEUDO_TOKEN, ref_text)} {relative_caption(scene, edit, rng)}"
+            else:
+                yield render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng)
+                yield image, describe_scene(target, rng)
+        else:
+            yield render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng)
+
+
+def caption_corpus(seed: int, n: int) -> list[str]:
+    """`n` paraphrased scene captions (the LinCIR training text).
+
+    Args:
+        seed: corpus seed.
+        n: number of captions.
+    Returns:
+        List of captions.
+    """
+    rng = random.Random(f"{seed}-captions")
+    return [describe_scene(random_scene(rng), rng) for _ in range(n)]
+
+
+def rtd_triplets(seed: int, n: int) -> list[dict[str, str]]:
+    """`n` text triplets {reference_caption, conditioning_caption, target_caption} for RTD.
+
+    Args:
+        seed: corpus seed.
+        n: number of triplets.
+    Returns:
+        List of dicts; the conditioning caption is a relative caption of the grammar.
+    """
+    rng = random.Random(f"{seed}-triplets")
+    out = []
+    for _ in range(n):
+        ref = random_scene(rng)
+        edit = sample_edit(ref, rng)
+        out.append({"reference_caption": describe_scene(ref, rng),
+                    "conditioning_caption": relative_caption(ref, edit, rng),
+                    "target_caption": describe_scene(apply_edit(ref, edit), rng)})
+    return out
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Write one text per line, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write one JSON object per line, atomically."""
+    write_lines(path, [json.dumps(r) for r in records])
+
+
+def write_heldout(root: Path, seed: int, n: int, image_size: int) -> None:
+    """A held-out image-caption set for CLIP validation: images/{i:05d}.png and captions.jsonl
+    ({"image", "caption", "scene"}, canonical captions), scene graphs unique.
+    """
+    rng = random.Random(f"{seed}-heldout")
+    seen, records = set(), []
+    for i in tqdm(range(n), desc="clip held-out", disable=None):
+        scene = random_scene(rng)
+        while scene in seen:
+            scene = random_scene(rng)
+        seen.add(scene)
+        name = f"images/{i:05d}.png"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        render_scene(scene, image_size, rng.getrandbits(31)).save(root / name, format="PNG")
+        records.append({"image": name, "caption": describe_scene(scene), "scene": scene.to_dict()})
+    write_jsonl(root / "captions.jsonl", records)
+
+
+def world_texts() -> list[str]:
+    """Texts that together contain every word the world's grammar can produce.
+
+    Covers scene captions, position phrases, relative-caption templates, FashionIQ's "and" joins,
+    the pseudo token "$" and the prompt "a photo of $ that". Meant as the training text of the
+    world's word-level tokenizer.
+
+    Returns:
+        A list of short texts (lower case, words separated by spaces).
+    """
+    texts = [PROMPT_PREFIX, PSEUDO_TOKEN, "a photo of $", " ".join(SHAPES), " ".join(COLOURS),
+             " ".join(SIZES), " ".join(BACKGROUNDS), " ".join(n for names in CELL_NAMES for n in names)]
+    slots = {"objects": join_phrases(["a small red circle", "a large blue star"]), "bg": "white"}
+    texts += [t.format(**slots) for t in SCENE_TEMPLATES]
+    texts += [t.format(cell="top left") for t in POSITION_TEMPLATES + (CORNER_TEMPLATE,)]
+    rel = {"ref": "the red circle", "colour": "green", "shape": "star", "to": "bottom right corner",
+           "obj": "a small blue hexagon in the center", "bg": "black"}
+    texts += [t.format(**rel) for ts in TEMPLATES.values() for t in ts]
+    texts += [t.format(**rel) for ts in RESIZE_TEMPLATES.values() for t in ts]
+    return texts
