@@ -1,0 +1,57 @@
+"""`zscir check-data`: is a benchmark folder complete? Annotation files, consistency, missing/corrupt images."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Check a benchmark folder (CIRR, FashionIQ, CIRCO): annotation files, missing and undecodable images."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("--dataset", required=True, choices=("cirr", "fashioniq", "circo"))
+    parser.add_argument("--root", required=True, help="the dataset folder")
+    parser.add_argument("--split", default=None,
+                        help="one split (default: CIRR val+test1, FashionIQ val, CIRCO val+test)")
+    parser.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all)")
+    parser.add_argument("--decode", choices=("none", "verify", "full"), default="verify",
+                        help="image check: existence only, PIL verify (fast, default) or a full decode (slow)")
+    parser.add_argument("--workers", type=int, default=8, help="threads for the decode check")
+    parser.add_argument("--examples", type=int, default=3, help="example paths shown per problem")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one line per split; return 0 when everything is present and decodable, else 1."""
+    from pathlib import Path
+
+    from zscir.data.images import check_images
+    from zscir.data.records import dataset_module, load_benchmark, resolve_split
+    from zscir.errors import DataError
+
+    root = Path(args.root).expanduser()
+    if not root.is_dir():
+        print(f"{args.dataset}: root folder {root} does not exist")
+        return 1
+    module = dataset_module(args.dataset)
+    splits = [resolve_split(args.dataset, args.split)] if args.split else list(module.EVAL_SPLITS)
+    complete = True
+    for split in splits:
+        try:
+            loaded = load_benchmark(args.dataset, root, split, categories=args.categories, strict=False)
+        except (DataError, OSError) as exc:  # a missing/malformed annotation file: report, keep checking
+            print(f"{args.dataset}/{split}: {exc}")
+            complete = False
+            continue
+        for unit in loaded:
+            empty = sum(1 for q in unit.queries for c in q.captions if not c)
+            report = check_images(unit.image_paths(), decode=args.decode, workers=args.workers)
+            print(f"{unit.name}: {len(unit.queries)} queries, {len(unit.gallery)} gallery images; "
+                  f"{report.summary(args.examples)}")
+            problems = unit.problems(args.examples)
+            for problem in problems:
+                print(f"{unit.name}: {problem}")
+            if empty:
+                print(f"{unit.name}: note: {empty} captions are empty after cleaning")
+            complete = complete and report.ok and not problems
+    print("complete" if complete else "incomplete: see the lines above")
+    return 0 if complete else 1
