@@ -91,7 +91,8 @@ def build_world(root: str | Path, seed: int = 0, sizes: WorldSizes | dict[str, A
         seed: world seed; the same seed and sizes give byte-identical files.
         sizes: a WorldSizes, or a dict of its fields to override, or None for the defaults.
     Returns:
-        The manifest: {"version", "seed", "sizes", "counts", "paths", "build_seconds"}.
+        The manifest {"version", "seed", "sizes", "counts", "paths"} plus "build_seconds" and "reused"
+        (not written to disk, so that equal settings give byte-identical worlds).
     Raises:
         DataError: if `root` is a non-empty folder that is not a zscir world.
     """
@@ -100,7 +101,7 @@ def build_world(root: str | Path, seed: int = 0, sizes: WorldSizes | dict[str, A
     wanted = {"version": WORLD_VERSION, "seed": seed, "sizes": asdict(sz)}
     manifest = read_manifest(root)
     if manifest is not None and all(manifest.get(k) == v for k, v in wanted.items()):
-        return manifest
+        return {**manifest, "build_seconds": 0.0, "reused": True}
     if root.exists() and any(root.iterdir()) and manifest is None and not (root / BUILDING).exists():
         raise DataError(f"{root}: folder is not empty and holds no zscir world ({MANIFEST} missing); "
                         "choose an empty or new folder")
@@ -130,8 +131,7 @@ def build_world(root: str | Path, seed: int = 0, sizes: WorldSizes | dict[str, A
     manifest = {**wanted, "counts": counts,
                 "paths": {"cirr": "cirr", "fashioniq": "fashioniq", "circo": "circo",
                           "lincir_captions": "corpora/lincir_captions.txt",
-                          "rtd_triplets": "corpora/rtd_triplets.jsonl", "clip_heldout": "corpora/clip_heldout"},
-                "build_seconds": round(time.perf_counter() - start, 2)}
+                          "rtd_triplets": "corpora/rtd_triplets.jsonl", "clip_heldout": "corpora/clip_heldout"}}
     write_json_atomic(root / MANIFEST, manifest)  # last: its presence marks a complete world
     (root / BUILDING).unlink(missing_ok=True)
-    return manifest
+    return {**manifest, "build_seconds": round(time.perf_counter() - start, 2), "reused": False}
