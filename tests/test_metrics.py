@@ -141,6 +141,12 @@ def test_toy_ties_go_to_lower_index():
     assert M.target_ranks(scores, torch.tensor([2])).item() == 2
 
 
+def test_toy_ties_inside_top_k_and_across_the_cut():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.0],    # tie inside the top 3 only
+                           [0.2, 0.9, 0.2, 0.2, 0.2]])   # tie across the 3rd place
+    assert M.rank_gallery(scores, 3).tolist() == [[1, 0, 2], [1, 0, 2]]
+
+
 def test_toy_average_precision():
     a, b, c, x, y, z = range(6)
     ranked = torch.tensor([[a, x, b, y, z]])

@@ -141,8 +141,27 @@ def rank_gallery(scores, k: int, allowed: torch.Tensor | None = None) -> torch.T
         sc = s[rows]
         if allowed is not None:
             sc = sc.masked_fill(~allowed[rows], float("-inf"))  # scores are finite, so masked items sort last
-        out[rows] = torch.sort(sc, dim=1, descending=True, stable=True).indices[:, :k]
+        out[rows] = _top_k_stable(sc, k)
     return out
+
+
+def _top_k_stable(sc: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k indices of each row of [q, G], by descending value, ties by ascending index.
+
+    `topk` is ~10x faster than a full sort on 100k-image galleries but orders ties arbitrarily: the k
+    winners are re-sorted (index, then stable by value), and rows with a tie across the k-th place
+    (where `topk` may pick the wrong member) fall back to a full stable sort.
+    """
+    num_g = sc.shape[1]
+    vals, idx = torch.topk(sc, min(k + 1, num_g), dim=1)  # [q, k+1] descending
+    by_index = idx[:, :k].sort(dim=1).values
+    order = torch.sort(sc.gather(1, by_index), dim=1, descending=True, stable=True).indices
+    top = by_index.gather(1, order)
+    if k < num_g:
+        tied = (vals[:, k - 1] == vals[:, k]).nonzero().flatten()
+        if len(tied):
+            top[tied] = torch.sort(sc[tied], dim=1, descending=True, stable=True).indices[:, :k]
+    return top
 
 
 def recall_at_k(ranks: torch.Tensor, k: int) -> float:
