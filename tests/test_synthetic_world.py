@@ -19,6 +19,7 @@ from zscir.data.synthetic import (
     build_world,
     caption_corpus,
     check_edit,
+    clip_pair_sampler,
     clip_pretraining_stream,
     describe_scene,
     edit_matches,
@@ -172,6 +173,10 @@ def test_clip_stream_is_seeded_and_mixes_edit_text():
                   "enlarge ", "replace ", "shift ", "place ", "insert ", "take ", "get ", "use ")
     assert any(t.startswith(edit_verbs) for t in texts)  # relative items
     assert sum(t.endswith("background") or " image with " in t for t in texts) > len(texts) // 2
+    images, captions = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)
+    assert len(images) == len(captions) == 32 and images[0].size == (48, 48)
+    again = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)
+    assert again[1] == captions and [im.tobytes() for im in again[0]] == [im.tobytes() for im in images]
 
 
 # ----------------------------------------------------------------- the world on disk

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -30,51 +30,82 @@ from zscir.utils.io import atomic_path
 PAIR_KINDS: tuple[str, ...] = ("move", "add", "remove", "recolour", "reshape")
 
 
+def sample_clip_items(rng: random.Random, image_size: int = 48, relative_fraction: float = 0.15,
+                      composed_fraction: float = 0.0, pair_fraction: float = 0.25) -> list[tuple[Image.Image, str]]:
+    """One draw of CLIP pretraining data: usually one (image, text) item, two for a pair.
+
+    Most draws are a fresh random scene with a paraphrased full caption. Mixed in (see WORLD-NOTES:
+    a text tower that never saw edit words cannot read relative captions):
+    - relative items: the image of an edited scene with the relative caption that produced it
+      ("make the circle green" paired with a picture containing a green circle);
+    - composed items: the edited image with "a photo of {reference caption} that {relative caption}",
+      the inference prompt with the reference described in words; off by default because it
+      trains the zero-shot task itself;
+    - pairs (position-aware variety): a scene and a one-edit variant of it (mostly move/add/remove)
+      back to back, each with its own caption, so a batch holds near-duplicates that differ only
+      in a position or in presence, which the image tower must tell apart.
+
+    Args:
+        rng: random source.
+        image_size: rendered image side.
+        relative_fraction: probability of a relative item.
+        composed_fraction: probability of a composed item.
+        pair_fraction: probability of a back-to-back pair (two items).
+    Returns:
+        [(PIL RGB image, text)] with one or two items.
+    """
+    if relative_fraction + composed_fraction + pair_fraction > 1:
+        raise ValueError("relative_fraction + composed_fraction + pair_fraction must be <= 1")
+    scene = random_scene(rng)
+    u = rng.random()
+    if u >= relative_fraction + composed_fraction + pair_fraction:
+        return [(render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng))]
+    edit = sample_edit(scene, rng, PAIR_KINDS if u >= relative_fraction + composed_fraction else None)
+    target = apply_edit(scene, edit)
+    image = render_scene(target, image_size, rng.getrandbits(31))
+    if u < relative_fraction:
+        return [(image, relative_caption(scene, edit, rng))]
+    if u < relative_fraction + composed_fraction:
+        prompt = PROMPT_PREFIX.replace(PSEUDO_TOKEN, describe_scene(scene, rng))
+        return [(image, f"{prompt} {relative_caption(scene, edit, rng)}")]
+    first = (render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng))
+    return [first, (image, describe_scene(target, rng))]
+
+
 def clip_pretraining_stream(seed: int, image_size: int = 48, relative_fraction: float = 0.15,
                             composed_fraction: float = 0.0, pair_fraction: float = 0.25
                             ) -> Iterator[tuple[Image.Image, str]]:
     """An endless, seeded stream of (image, text) pairs for contrastive CLIP pretraining.
 
-    Most items are a fresh random scene with a paraphrased full caption. Mixed in (see WORLD-NOTES:
-    a text tower that never saw edit words cannot read relative captions):
-    - relative items: the image of an edited scene with the relative caption that produced it
-      ("make the circle green" paired with a picture containing a green circle);
-    - composed items: the edited image with "{reference caption} that {relative caption}"
-      phrased as the inference prompt ("a photo of ... that ..."); off by default because it
-      trains the zero-shot task itself;
-    - pairs (position-aware variety): a scene and a one-edit variant of it (mostly move/add/remove)
-      are yielded back to back, each with its own caption, so a batch holds near-duplicates that
-      differ only in a position or in presence, which the image tower must tell apart.
-
     Args:
         seed: stream seed (the same seed gives the same sequence).
-        image_size: rendered image side.
-        relative_fraction: probability of a relative item.
-        composed_fraction: probability of a composed item.
-        pair_fraction: probability of a back-to-back pair (two items).
+        image_size, relative_fraction, composed_fraction, pair_fraction: see `sample_clip_items`.
     Yields:
         (PIL RGB image, text).
     """
-    if relative_fraction + composed_fraction + pair_fraction > 1:
-        raise ValueError("relative_fraction + composed_fraction + pair_fraction must be <= 1")
     rng = random.Random(f"{seed}-clip-stream")
     while True:
-        scene = random_scene(rng)
-        u = rng.random()
-        if u < relative_fraction + composed_fraction + pair_fraction:
-            edit = sample_edit(scene, rng, PAIR_KINDS if u >= relative_fraction + composed_fraction else None)
-            target = apply_edit(scene, edit)
-            image = render_scene(target, image_size, rng.getrandbits(31))
-            if u < relative_fraction:
-                yield image, relative_caption(scene, edit, rng)
-            elif u < relative_fraction + composed_fraction:
-                ref_text = describe_scene(scene, rng)
-                yield image, f"{PROMPT_PREFIX.replace(PSEUDO_TOKEN, ref_text)} {relative_caption(scene, edit, rng)}"
-            else:
-                yield render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng)
-                yield image, describe_scene(target, rng)
-        else:
-            yield render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng)
+        yield from sample_clip_items(rng, image_size, relative_fraction, composed_fraction, pair_fraction)
+
+
+def clip_pair_sampler(image_size: int = 48, relative_fraction: float = 0.15, composed_fraction: float = 0.0,
+                      pair_fraction: float = 0.25) -> Callable[[random.Random, int], tuple[list, list]]:
+    """The same data as `clip_pretraining_stream` as a batch sampler `(rng, batch_size) -> (images, texts)`
+    (the `sample_pairs` argument of `zscir.training.clip.train_clip`).
+
+    Args:
+        image_size, relative_fraction, composed_fraction, pair_fraction: see `sample_clip_items`.
+    Returns:
+        A function drawing `batch_size` fresh items (a pair may be cut at the end of a batch).
+    """
+    def sample(rng: random.Random, batch_size: int) -> tuple[list, list]:
+        items: list[tuple[Image.Image, str]] = []
+        while len(items) < batch_size:
+            items += sample_clip_items(rng, image_size, relative_fraction, composed_fraction, pair_fraction)
+        images, texts = zip(*items[:batch_size])
+        return list(images), list(texts)
+
+    return sample
 
 
 def caption_corpus(seed: int, n: int) -> list[str]:
