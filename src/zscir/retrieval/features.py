@@ -1,0 +1,254 @@
+"""On-disk cache of image features (and of small derived tensors such as query matrices).
+
+Image features are computed once per key = (backbone vision fingerprint, preprocessing, ordered
+list of (name, path)) and stored under `{cache_dir}/images/{key}/` as chunk files
+(`chunk-00000.safetensors`, ...) plus an `index.json`. Chunks are written atomically as they finish,
+so a killed extraction keeps its finished chunks and the rerun only encodes the rest. Any change of
+the weights, the image processor, the dtype, the target-pad option or the image list changes the key.
+
+Images that are missing or do not decode are not cached as failures: their rows are marked invalid
+and retried on the next run (the user may have fixed them). The caller decides whether a failure
+stops the run (`ImageFeatures.failed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+CACHE_VERSION = 1
+INDEX_NAME = "index.json"
+
+
+def default_feature_dir() -> Path:
+    """`zscir.registry.default_cache_dir()/features` (`$ZSCIR_CACHE/features`)."""
+    from zscir.registry import default_cache_dir
+
+    return default_cache_dir() / "features"
+
+
+def hash_parts(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts (used as cache keys)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class ImageFeatures:
+    """Image embeddings of a list of named images.
+
+    Attributes:
+        names: image names, the rows of `features`.
+        features: [N, P] float32 CPU embeddings, not normalised (Phi reads raw embeddings).
+            Rows of failed images are zero.
+        failed: {name: reason} for images that are missing or do not decode.
+        rows: {name: row} for O(1) lookups.
+        num_encoded: how many images this call actually encoded (0 when fully cached).
+        key: the cache key (folder name) or None when not cached.
+    """
+
+    names: list[str]
+    features: torch.Tensor
+    failed: dict[str, str] = field(default_factory=dict)
+    num_encoded: int = 0
+    key: str | None = None
+
+    def __post_init__(self):
+        self.rows = {name: i for i, name in enumerate(self.names)}
+
+    def lookup(self, names: Sequence[str]) -> torch.Tensor:
+        """[len(names), P] features of the given names (KeyError names the first unknown one)."""
+        try:
+            index = torch.tensor([self.rows[n] for n in names], dtype=torch.long)
+        except KeyError as exc:
+            raise KeyError(f"image {exc.args[0]!r} has no features (not in the encoded list)") from None
+        return self.features.index_select(0, index) if len(index) else self.features[:0]
+
+
+def _try_load(path: Path):
+    """(image, None) or (None, reason) for one file."""
+    from zscir.data.images import load_image
+    from zscir.errors import DataError
+
+    try:
+        return load_image(path), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+class FeatureCache:
+    """Encode images once per (backbone, preprocessing, image list) and reuse the result.
+
+    Args:
+        cache_dir: root folder; None → `default_feature_dir()`. `enabled=False` keeps nothing on disk.
+        chunk_size: images per chunk file (the unit of resumption).
+        workers: threads that decode images while the model runs.
+        progress: show tqdm bars (hidden when not a TTY).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, chunk_size: int = 1024, workers: int = 4,
+                 progress: bool = True, enabled: bool = True):
+        self.root = Path(cache_dir) if cache_dir is not None else default_feature_dir()
+        self.chunk_size = max(1, int(chunk_size))
+        self.workers = max(1, int(workers))
+        self.progress = progress
+        self.enabled = enabled
+
+    # ---- keys ---------------------------------------------------------------------------------
+    @staticmethod
+    def image_key(vision_fingerprint: str, images: Mapping[str, os.PathLike], pad_to_ratio: float | None) -> str:
+        """Cache key of an image list under a backbone and preprocessing.
+
+        Args:
+            vision_fingerprint: `Backbone.vision_fingerprint()` (weights, image processor and dtype).
+            images: ordered {name: path}.
+            pad_to_ratio: the target-pad ratio (None = plain CLIP preprocessing).
+        Returns:
+            A hex string, the folder name under `{cache_dir}/images/`.
+        """
+        listing = [[name, str(Path(p).expanduser().absolute())] for name, p in images.items()]
+        return hash_parts(CACHE_VERSION, vision_fingerprint, {"pad_to_ratio": pad_to_ratio}, listing)
+
+    # ---- image features -----------------------------------------------------------------------
+    def image_features(self, backbone, images: Mapping[str, os.PathLike], pad_to_ratio: float | None = None,
+                       batch_size: int = 64, desc: str = "image features") -> ImageFeatures:
+        """Embeddings of every image in `images`, from the cache where possible.
+
+        Args:
+            backbone: a `Backbone` with a vision tower.
+            images: ordered {name: path}; encode the union of gallery and references here once.
+            pad_to_ratio: SEARLE target pad ratio (e.g. 1.25) or None.
+            batch_size: images per forward pass.
+            desc: label of the progress bar.
+        Returns:
+            ImageFeatures (failed images listed in `.failed`, their rows zero).
+        """
+        names = list(images)
+        paths = [Path(images[n]) for n in names]
+        dim = backbone.projection_dim
+        key = folder = None
+        if self.enabled:
+            fingerprint = backbone.vision_fingerprint()
+            key = self.image_key(fingerprint, images, pad_to_ratio)
+            folder = self.root / "images" / key
+            self._write_index(folder, key, names, paths, dim, pad_to_ratio, backbone.name, fingerprint)
+        chunks = [slice(s, min(s + self.chunk_size, len(names))) for s in range(0, len(names), self.chunk_size)]
+        features = torch.zeros(len(names), dim)
+        valid = torch.zeros(len(names), dtype=torch.bool)
+        failed: dict[str, str] = {}
+        todo: list[int] = []
+        for c, rows in enumerate(chunks):
+            stored = self._read_chunk(folder, c, rows.stop - rows.start, dim) if folder is not None else None
+            if stored is None:
+                todo.append(c)
+            else:
+                features[rows], valid[rows] = stored
+                if not bool(stored[1].all()):
+                    todo.append(c)  # retry the failed images of an otherwise finished chunk
+        num_encoded = 0
+        if todo:
+            from tqdm.auto import tqdm
+
+            total = sum(int((~valid[chunks[c]]).sum()) for c in todo)
+            with tqdm(total=total, desc=desc, unit="img", disable=None if self.progress else True) as bar, \
+                    ThreadPoolExecutor(self.workers) as pool:
+                for c in todo:
+                    rows = chunks[c]
+                    pending = [i for i in range(rows.start, rows.stop) if not valid[i]]
+                    for start in range(0, len(pending), batch_size):
+                        batch = pending[start : start + batch_size]
+                        loaded = list(pool.map(_try_load, [paths[i] for i in batch]))
+                        ok = [(i, im) for i, (im, _) in zip(batch, loaded) if im is not None]
+                        for i, (_, reason) in zip(batch, loaded):
+                            if reason is not None:
+                                failed[names[i]] = reason
+                        if ok:
+                            pixels = backbone.preprocess([im for _, im in ok], pad_to_ratio)
+                            index = torch.tensor([i for i, _ in ok])
+                            features[index] = backbone.encode_pixels(pixels)
+                            valid[index] = True
+                            num_encoded += len(ok)
+                        bar.update(len(batch))
+                    if folder is not None:
+                        self._write_chunk(folder, c, features[rows], valid[rows])
+        for i in (~valid).nonzero().flatten().tolist():
+            failed.setdefault(names[i], f"{paths[i]}: not encoded")
+        return ImageFeatures(names, features, failed, num_encoded, key)
+
+    # ---- derived tensors (query matrices, pseudo tokens) ---------------------------------------
+    def tensor(self, kind: str, key_parts: Sequence, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A small derived tensor, computed once per key and then read from `{cache_dir}/{kind}/{key}`.
+
+        Args:
+            kind: folder name, e.g. "queries".
+            key_parts: JSON-serialisable parts that determine the result completely (fingerprints,
+                prompts, the image-feature key, ...).
+            compute: called on a cache miss.
+        Returns:
+            The tensor (float32, CPU).
+        """
+        if not self.enabled:
+            return compute()
+        from safetensors.torch import load_file, save_file
+
+        from zscir.utils.io import atomic_path
+
+        path = self.root / kind / f"{hash_parts(CACHE_VERSION, *key_parts)}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(str(path))["tensor"]
+            except Exception:  # a damaged file is recomputed, never trusted
+                pass
+        value = compute()
+        with atomic_path(path) as tmp:
+            save_file({"tensor": value.detach().float().cpu().contiguous()}, str(tmp))
+        return value
+
+    # ---- files --------------------------------------------------------------------------------
+    def _write_index(self, folder: Path, key: str, names, paths, dim, pad_to_ratio, backbone_name,
+                     fingerprint) -> None:
+        from zscir.utils.io import write_json_atomic
+
+        if (folder / INDEX_NAME).is_file():
+            return
+        write_json_atomic(folder / INDEX_NAME, {
+            "version": CACHE_VERSION, "key": key, "backbone": backbone_name,
+            "vision_fingerprint": fingerprint, "pad_to_ratio": pad_to_ratio,
+            "dim": dim, "chunk_size": self.chunk_size, "names": names, "paths": [str(p) for p in paths],
+        }, indent=None)
+
+    def _chunk_path(self, folder: Path, c: int) -> Path:
+        return folder / f"chunk-{self.chunk_size}-{c:05d}.safetensors"
+
+    def _read_chunk(self, folder: Path, c: int, rows: int, dim: int):
+        from safetensors.torch import load_file
+
+        path = self._chunk_path(folder, c)
+        if not path.is_file():
+            return None
+        try:
+            data = load_file(str(path))
+            feats, valid = data["features"], data["valid"].bool()
+        except Exception:  # truncated / foreign file: recompute that chunk
+            return None
+        if tuple(feats.shape) != (rows, dim) or tuple(valid.shape) != (rows,):
+            return None
+        return feats.float(), valid
+
+    def _write_chunk(self, folder: Path, c: int, feats: torch.Tensor, valid: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        from zscir.utils.io import atomic_path
+
+        with atomic_path(self._chunk_path(folder, c)) as tmp:
+            save_file({"features": feats.contiguous(), "valid": valid.to(torch.uint8).contiguous()}, str(tmp))
