@@ -1,0 +1,202 @@
+"""Training configs as dataclasses: defaults < YAML/JSON file < `key=value` overrides / CLI flags.
+
+Every trainer's config subclasses `TrainConfig` (the loop's knobs) and adds its own recipe fields.
+The resolved config is written as JSON into the run folder by the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from zscir.errors import ZscirError
+
+C = TypeVar("C", bound="TrainConfig")
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of the training loop (`zscir.training.loop.train`).
+
+    Attributes:
+        output_dir: run folder (config.json, checkpoints/, best/, final/, logs/).
+        max_steps: optimiser steps to reach (a resumed run continues up to this count).
+        batch_size: micro-batch size per process; the effective batch is batch_size × processes × grad_accum.
+        grad_accum: micro-batches accumulated per optimiser step.
+        lr / weight_decay / betas / eps: AdamW.
+        warmup_steps: linear warm-up, then constant LR (0 = constant from the start, the recipes' choice).
+        max_grad_norm: clip the gradient norm (None/0 = no clipping).
+        mixed_precision: "no", "fp16" (GPU), "bf16" (GPU, or autocast on CPU).
+        cpu: force the CPU even if a GPU is visible.
+        seed: seeds model init noise, data order and per-sample noise (per process: seed + rank for noise).
+        checkpoint_every: optimiser steps between checkpoints (the last step is always checkpointed).
+        keep_checkpoints: how many recent checkpoints to keep.
+        validate_every: steps between validations (0 = only at the end, if the task can validate).
+        select_metric / select_mode: the validation metric that picks the best model, "max" or "min".
+        log_every: steps between logged scalars.
+        resume: continue from the last checkpoint in output_dir/checkpoints.
+        tensorboard: write TensorBoard scalars to output_dir/logs (skipped with a note if not installed).
+        progress: show a tqdm bar (hidden when not a TTY anyway).
+    """
+
+    output_dir: str = "runs/train"
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    max_grad_norm: float | None = None
+    mixed_precision: str = "no"
+    cpu: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    select_metric: str = "R@1"
+    select_mode: str = "max"
+    log_every: int = 10
+    resume: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise ZscirError naming the first invalid field."""
+        positive = ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ZscirError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ZscirError(f"config: mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.select_mode not in ("max", "min"):
+            raise ZscirError(f"config: select_mode must be max or min, got {self.select_mode!r}")
+        if self.validate_every < 0 or self.warmup_steps < 0:
+            raise ZscirError("config: validate_every and warmup_steps must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(cls, name: str, value: Any) -> Any:
+    """Convert a parsed value to the field's type (tuples from lists, numbers from strings), or raise."""
+    kind = _field_types(cls)[name]
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    optional = type(None) in args
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        value = None
+    if value is None:
+        if optional:
+            return None
+        raise ZscirError(f"config: {name} may not be null")
+    if optional:
+        kind = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+    try:
+        if origin is tuple:
+            return tuple(args[i if i < len(args) else 0](v) for i, v in enumerate(value))
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind in (int, float, str):
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ZscirError(f"config: {name}={value!r} is not a valid {kind}") from exc
+    return value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["lr=1e-5", "betas=[0.9,0.98]"]` → {"lr": 1e-05, "betas": [0.9, 0.98]} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ZscirError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Build a config: dataclass defaults, then a YAML/JSON file, then overrides.
+
+    Args:
+        cls: a TrainConfig subclass.
+        path: optional .yaml/.yml/.json file holding a mapping of field names.
+        overrides: {field: value} applied last (e.g. from CLI flags or `parse_overrides`).
+    Returns:
+        The checked config.
+    Raises:
+        ZscirError: unknown field, wrong type, unreadable file.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ZscirError(f"{path}: config file not found")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".json":
+                loaded = json.loads(text)
+            else:
+                import yaml
+
+                loaded = yaml.safe_load(text)
+        except Exception as exc:
+            raise ZscirError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ZscirError(f"{path}: expected a mapping of config fields, got {type(loaded).__name__}")
+        values.update(loaded)
+    values.update(overrides or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ZscirError(f"config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    config = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+    config.check()
+    return config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
+    """Add `--config FILE`, `--set key=value` and one `--field-name` flag per config field (default: unset)."""
+    parser.add_argument("--config", help="YAML or JSON file of config fields (CLI flags override it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field")
+    group = parser.add_argument_group("training config (defaults: the recipe)")
+    for name, kind in _field_types(cls).items():
+        flag = "--" + name.replace("_", "-")
+        default = next(f.default for f in fields(cls) if f.name == name)
+        if kind is bool:
+            group.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {default})")
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(flag, dest=f"cfg_{name}", nargs="+", default=None, help=f"(default {default})")
+        else:
+            group.add_argument(flag, dest=f"cfg_{name}", default=None, help=f"(default {default})")
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """The config given by `add_config_arguments`' flags: defaults < --config < --set < --field flags."""
+    overrides = parse_overrides(args.set)
+    for name in _field_types(cls):
+        value = getattr(args, f"cfg_{name}", None)
+        if value is not None:
+            overrides[name] = value
+    return load_config(cls, args.config, overrides)

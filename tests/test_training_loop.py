@@ -1,0 +1,191 @@
+"""The training loop: DDP sync, accumulation, resume, NaN stop, best-by-validation, config loading.
+
+A toy regression task keeps every run to a fraction of a second; the two-process test launches this
+file itself under torchrun (gloo on the CPU), which accelerate reads like `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zscir.training.config import TrainConfig, load_config, parse_overrides
+from zscir.training.loop import IndexSampler, TrainingDiverged, TrainTask, list_checkpoints, train
+
+
+class ToyTask(TrainTask):
+    """Linear regression on fixed data; optional input noise (uses the RNG) and a NaN at a chosen call."""
+
+    def __init__(self, n=48, dim=5, noise=0.0, nan_at_call=None, bypass_ddp=False, validate=False):
+        g = torch.Generator().manual_seed(123)
+        self.x = torch.randn(n, dim, generator=g)
+        self.y = self.x @ torch.randn(dim, 1, generator=g) + 0.1 * torch.randn(n, 1, generator=g)
+        self.noise, self.nan_at_call, self.bypass_ddp, self._validate = noise, nan_at_call, bypass_ddp, validate
+        self.calls = 0
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        torch.manual_seed(7)
+        for p in self.net.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+
+    def model(self):
+        return self.net
+
+    def num_examples(self):
+        return len(self.x)
+
+    def batch(self, indices, device):
+        return self.x[indices].to(device), self.y[indices].to(device)
+
+    def loss(self, model, batch):
+        self.calls += 1
+        x, y = batch
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)
+        net = model.module if (self.bypass_ddp and hasattr(model, "module")) else model  # the RTD defect, on purpose
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        if self.nan_at_call is not None and self.calls == self.nan_at_call:
+            loss = loss * float("nan")
+        return loss
+
+    def can_validate(self):
+        return self._validate
+
+    def validate(self, model):
+        # a metric that is best at step 2 of the run below: |loss - fixed value| is not monotone
+        loss = torch.nn.functional.mse_loss(model(self.x), self.y).item()
+        return {"neg_loss": -loss, "torch_rng_draw": torch.rand(1).item()}
+
+    def save(self, model, folder):
+        torch.save(model.state_dict(), folder / "weights.pt")
+
+
+def _config(tmp_path, name, **kw):
+    base = dict(output_dir=str(tmp_path / name), max_steps=4, batch_size=4, lr=0.05, weight_decay=0.0,
+                checkpoint_every=100, tensorboard=False, progress=False, cpu=True, seed=3, select_metric="neg_loss")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(task):
+    return torch.cat([p.detach().reshape(-1) for p in task.net.parameters()])
+
+
+def test_sampler_shards_a_global_batch():
+    one = IndexSampler(20, batch_size=4, world_size=1, seed=1)
+    two = [IndexSampler(20, batch_size=2, world_size=2, rank=r, seed=1) for r in range(2)]
+    for k in range(7):  # crosses epoch boundaries (2 global batches of 4... per epoch of 20 → 5)
+        assert one.indices(k) == two[0].indices(k) + two[1].indices(k)
+    epoch0 = sum((one.indices(k) for k in range(5)), [])
+    assert sorted(epoch0) == list(range(20))
+
+
+def test_accumulation_equals_one_large_batch(tmp_path):
+    big = ToyTask()
+    train(big, _config(tmp_path, "big", batch_size=8, max_steps=3))
+    acc = ToyTask()
+    train(acc, _config(tmp_path, "acc", batch_size=2, grad_accum=4, max_steps=3))
+    no_acc = ToyTask()
+    train(no_acc, _config(tmp_path, "noacc", batch_size=2, max_steps=3))
+    assert torch.allclose(_weights(big), _weights(acc), atol=1e-6)
+    assert not torch.allclose(_weights(big), _weights(no_acc), atol=1e-3)  # the comparison can fail
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight = ToyTask(noise=0.3)
+    train(straight, _config(tmp_path, "straight", max_steps=6, checkpoint_every=3))
+    first = ToyTask(noise=0.3)
+    train(first, _config(tmp_path, "split", max_steps=3, checkpoint_every=3))
+    with pytest.raises(Exception, match="resume"):
+        train(ToyTask(noise=0.3), _config(tmp_path, "split", max_steps=6))
+    resumed = ToyTask(noise=0.3)  # fresh init: everything must come from the checkpoint
+    result = train(resumed, _config(tmp_path, "split", max_steps=6, checkpoint_every=3, resume=True))
+    assert result.steps == 6
+    assert torch.equal(_weights(straight), _weights(resumed))
+    # without the restored RNG the noise differs, so the weights would differ: check the test can fail
+    fresh = ToyTask(noise=0.3)
+    train(fresh, _config(tmp_path, "other-seed", max_steps=6, seed=4))
+    assert not torch.equal(_weights(straight), _weights(fresh))
+    assert [s for s, _ in list_checkpoints(tmp_path / "split" / "checkpoints")] == [3, 6]
+    saved = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert saved["max_steps"] == 6 and saved["task"] == "ToyTask"
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    task = ToyTask(nan_at_call=5)
+    with pytest.raises(TrainingDiverged, match=r"at step 5 .*step-00000004") as info:
+        train(task, _config(tmp_path, "nan", max_steps=8, checkpoint_every=2))
+    assert info.value.step == 5
+    assert [s for s, _ in list_checkpoints(tmp_path / "nan" / "checkpoints")] == [2, 4]
+    assert not (tmp_path / "nan" / "final").exists()
+    clean = ToyTask()
+    train(clean, _config(tmp_path, "clean", max_steps=4))
+    assert torch.equal(_weights(task), _weights(clean))  # the NaN step did not touch the weights
+
+
+def test_best_by_validation_and_validation_does_not_change_training(tmp_path):
+    validated = ToyTask(noise=0.3, validate=True)
+    result = train(validated, _config(tmp_path, "val", max_steps=6, validate_every=2, lr=0.5))
+    plain = ToyTask(noise=0.3)
+    train(plain, _config(tmp_path, "noval", max_steps=6, lr=0.5))
+    assert torch.equal(_weights(validated), _weights(plain))  # validation's RNG draw was forked away
+    assert [h["step"] for h in result.history] == [2, 4, 6]
+    best = max(result.history, key=lambda h: h["neg_loss"])
+    assert result.best_metrics["step"] == best["step"]
+    assert json.loads((result.best_dir / "metrics.json").read_text())["step"] == best["step"]
+    assert (result.final_dir / "weights.pt").is_file()
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.001\nbatch_size: 16\nbetas: [0.9, 0.98]\n")
+    config = load_config(TrainConfig, path, parse_overrides(["batch-size=8", "max_grad_norm=none"]))
+    assert (config.lr, config.batch_size, config.betas, config.max_grad_norm) == (0.001, 8, (0.9, 0.98), None)
+    with pytest.raises(Exception, match="unknown field"):
+        load_config(TrainConfig, None, {"learning_rate": 1})
+    with pytest.raises(Exception, match="mixed_precision"):
+        load_config(TrainConfig, None, {"mixed_precision": "fp8"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_synchronise_gradients(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), __file__, str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    synced = [torch.load(tmp_path / f"sync-rank{r}.pt") for r in range(2)]
+    unsynced = [torch.load(tmp_path / f"nosync-rank{r}.pt") for r in range(2)]
+    assert torch.equal(synced[0], synced[1])
+    assert not torch.allclose(unsynced[0], unsynced[1], atol=1e-4)  # without DDP's all-reduce replicas drift
+    # DDP averages the two shards' gradients: one process with the whole global batch does the same
+    single = ToyTask()
+    train(single, _config(tmp_path, "single", batch_size=8, max_steps=3))
+    assert torch.allclose(synced[0], _weights(single), atol=1e-5)
+    assert not torch.allclose(unsynced[0], _weights(single), atol=1e-4)
+
+
+def _worker(folder: str) -> None:
+    """Run under torchrun: a synchronised and a deliberately unsynchronised run; save each rank's weights."""
+    import os
+
+    rank = int(os.environ["RANK"])
+    out = Path(folder)
+    for name, bypass in (("sync", False), ("nosync", True)):
+        task = ToyTask(bypass_ddp=bypass)
+        train(task, _config(out, f"run-{name}", batch_size=4, max_steps=3))
+        torch.save(_weights(task), out / f"{name}-rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _worker(sys.argv[1])
