@@ -46,9 +46,11 @@ class PromptTemplate:
 
 def clean_caption(caption: str, where: str = "caption") -> str:
     """Strip whitespace and trailing ".?, " characters; an empty result is an error naming `where`."""
+    from zscir.data.records import clean_caption as strip_caption
+
     if not isinstance(caption, str):
         raise DataError(f"{where}: expected a string, got {type(caption).__name__}")
-    cleaned = caption.strip().rstrip(".?, ").strip()
+    cleaned = strip_caption(caption).strip()
     if not cleaned:
         raise DataError(f"{where}: empty caption")
     return cleaned
