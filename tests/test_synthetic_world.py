@@ -31,6 +31,7 @@ from zscir.data.synthetic import (
     sample_edit,
     world_texts,
 )
+from zscir.data.synthetic.captions import MAX_CAPTION_WORDS
 from zscir.data.synthetic.edits import referring_expression
 from zscir.data.synthetic.layout_circo import shared_concept
 from zscir.data.synthetic.vocab import BACKGROUNDS, COLOURS, SHAPES, SIZES
@@ -132,7 +133,9 @@ def test_vocabulary_covers_everything_the_grammar_says():
     for i in range(3000):
         scene = random_scene(rng)
         edit = sample_edit(scene, rng, underspecified_add=i % 3 == 0)
-        seen.update(describe_scene(scene, rng).split())
+        caption = describe_scene(scene, rng).split()
+        assert len(caption) <= MAX_CAPTION_WORDS
+        seen.update(caption)
         seen.update(relative_caption(scene, edit, rng).split())
         seen.update(shared_concept(scene, edit).split())
     for t in rtd_triplets(1, 200):
@@ -172,7 +175,8 @@ def test_clip_stream_is_seeded_and_mixes_edit_text():
     edit_verbs = ("make ", "remove ", "add ", "move ", "turn ", "paint ", "change ", "put ", "delete ", "shrink ",
                   "enlarge ", "replace ", "shift ", "place ", "insert ", "take ", "get ", "use ")
     assert any(t.startswith(edit_verbs) for t in texts)  # relative items
-    assert sum(t.endswith("background") or " image with " in t for t in texts) > len(texts) // 2
+    scene_like = (" background", " image with ", " picture of ")
+    assert sum(any(m in t for m in scene_like) and not t.startswith("a photo") for t in texts) > len(texts) // 2
     images, captions = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)
     assert len(images) == len(captions) == 32 and images[0].size == (48, 48)
     again = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)

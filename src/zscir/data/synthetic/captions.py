@@ -14,13 +14,15 @@ from zscir.data.synthetic.scene import Scene, SceneObject
 from zscir.data.synthetic.vocab import CELL_NAMES, CORNER_CELLS
 
 # {objects} is a list of object phrases joined with "and"; {bg} a background colour word.
+# Every template adds 4 words, an object phrase has 8 words, so a 3-object caption has at most
+# 3 * 8 + 2 ("and") + 4 = 30 words: with start and end tokens it fits the tiny CLIP's context of 32.
 SCENE_TEMPLATES: tuple[str, ...] = (
     "{objects} on a {bg} background",
     "a {bg} image with {objects}",
-    "a picture of {objects} on a {bg} background",
     "a {bg} background with {objects}",
-    "{objects} in front of a {bg} background",
+    "a {bg} picture of {objects}",
 )
+MAX_CAPTION_WORDS = 30
 # How an object's position is said; "{cell}" is a cell name. The corner form only for corner cells.
 POSITION_TEMPLATES: tuple[str, ...] = ("at the {cell}", "in the {cell}")
 CORNER_TEMPLATE = "in the {cell} corner"
@@ -32,18 +34,24 @@ def cell_name(cell: int, rng: random.Random | None = None) -> str:
     return names[0] if rng is None else rng.choice(names)
 
 
-def position_phrase(cell: int, rng: random.Random | None = None) -> str:
-    """A prepositional phrase for the cell ("at the top left", "in the upper left corner", ...)."""
+def position_phrase(cell: int, rng: random.Random | None = None, corner: bool = True) -> str:
+    """A prepositional phrase for the cell ("at the top left", "in the upper left corner", ...).
+
+    Args:
+        cell: cell index 0..8.
+        rng: paraphrase source; None gives the canonical "at the {canonical cell name}".
+        corner: allow the longer "in the ... corner" form for corner cells.
+    """
     if rng is None:
         return POSITION_TEMPLATES[0].format(cell=cell_name(cell))
-    templates = POSITION_TEMPLATES + ((CORNER_TEMPLATE,) if cell in CORNER_CELLS else ())
+    templates = POSITION_TEMPLATES + ((CORNER_TEMPLATE,) if corner and cell in CORNER_CELLS else ())
     return rng.choice(templates).format(cell=cell_name(cell, rng))
 
 
 def object_phrase(obj: SceneObject, rng: random.Random | None = None, with_position: bool = True) -> str:
-    """ "a small red circle at the top left" (size, colour, shape and optionally position)."""
+    """ "a small red circle at the top left" (size, colour, shape and optionally position; 8 words)."""
     words = f"a {obj.size} {obj.colour} {obj.shape}"
-    return f"{words} {position_phrase(obj.cell, rng)}" if with_position else words
+    return f"{words} {position_phrase(obj.cell, rng, corner=False)}" if with_position else words
 
 
 def join_phrases(phrases: list[str]) -> str:
