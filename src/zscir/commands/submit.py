@@ -1,0 +1,43 @@
+"""`zscir submit`: test-server files for CIRR (recall + recall_subset) and CIRCO, from any method."""
+
+from __future__ import annotations
+
+import argparse
+
+from zscir.commands.evaluate import add_model_arguments
+
+HELP = "Write CIRR / CIRCO test-server submission files for a method (image, text, sum, phi)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options (the same model options as `evaluate`)."""
+    parser.add_argument("--dataset", required=True, choices=("cirr", "circo"))
+    parser.add_argument("--split", default="test", help="split to rank (default: test)")
+    add_model_arguments(parser)
+    parser.add_argument("--out", default=None,
+                        help="folder for the submission files "
+                        "(default: runs/submit/<dataset>-<split>-<method>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rank the split's gallery for every query and write the validated submission file(s)."""
+    from pathlib import Path
+
+    from zscir.commands.evaluate import evaluate_from_args, resolved_config
+    from zscir.errors import DataError
+    from zscir.evaluation.submission import write_submission
+    from zscir.utils.io import write_json_atomic
+
+    args.categories = None
+    out = Path(args.out or f"runs/submit/{args.dataset}-{args.split}-{args.method}")
+    write_json_atomic(out / "config.json", resolved_config(args))
+    results = evaluate_from_args(args)
+    for name, result in results.items():
+        if result.dropped_queries:
+            raise DataError(f"{name}: {result.dropped_queries} queries have a missing or undecodable reference; "
+                            "a submission needs every query (fix the images)")
+        if result.dropped_images:
+            print(f"note: {name}: ranked without {result.dropped_images} missing or undecodable gallery images")
+        for path in write_submission(result.split, result.scores, out):
+            print(f"wrote {path}")
+    return 0

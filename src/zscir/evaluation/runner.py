@@ -1,0 +1,385 @@
+"""The evaluation protocol: methods as data, one query builder per method, everything else shared.
+
+    features (cached) ─► queries (method) ─► scores = queries @ normalize(gallery)ᵀ ─► metrics / submission
+
+API (the CLI, the demo, RTD validation and CIG fusion all use it):
+    ev = Evaluator(backbone, split, FeatureCache())
+    result = ev.evaluate("phi", phi=phi)              # EvalResult: metrics, scores, active split
+    q_ref = ev.query_vectors("phi", phi=phi)          # [Q, P] normalised queries of a method
+    q_gen = ev.query_vectors("phi", pseudo_tokens=v_gen)
+    ev.evaluate(queries=fuse_queries(q_ref, q_gen, 0.85))
+
+Missing or undecodable images: by default the first use raises DataError listing them; with
+`skip_missing=True` the failed gallery images are dropped, queries whose reference or a target
+failed are dropped, and the result says how many (`EvalResult.dropped_queries`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from zscir.compose import PromptTemplate, caption_variants, compose_queries
+from zscir.data.records import CIRSplit
+from zscir.errors import DataError, ZscirError
+from zscir.retrieval.features import FeatureCache, ImageFeatures
+
+# How a CIRCO query's text is built from its caption (and shared concept): data, not code paths.
+CIRCO_TEXTS: dict[str, str] = {"caption": "{caption}", "concept": "find {concept} but {caption}"}
+
+
+@dataclass
+class QueryInputs:
+    """What a query builder may read (rows = the active queries).
+
+    Attributes:
+        backbone: the backbone, with the fine-tuned text tower already swapped in if one was given.
+        reference_features: [Q, P] raw (unnormalised) reference image embeddings.
+        captions: Q tuples of caption texts (CIRCO concept text already applied).
+        phi: the inversion network or None.
+        pseudo_tokens: [Q, H] given pseudo tokens (override Phi), or None.
+        template: the prompt template of Phi-based methods.
+        batch_size: text batch size.
+    """
+
+    backbone: object
+    reference_features: torch.Tensor
+    captions: list[tuple[str, ...]]
+    phi: torch.nn.Module | None = None
+    pseudo_tokens: torch.Tensor | None = None
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    batch_size: int = 256
+
+
+def text_queries(backbone, captions: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+    """Normalised caption embeddings; two captions (FashionIQ) are joined in both orders and averaged.
+
+    Args:
+        backbone: a `Backbone` (its text tower encodes).
+        captions: Q tuples of 1 or 2 captions.
+        batch_size: prompts per forward pass.
+    Returns:
+        [Q, P] float32 L2-normalised.
+    """
+    prompts, owners = [], []
+    for row, caps in enumerate(captions):
+        for text in caption_variants(caps):  # the same variants compose_queries uses
+            prompts.append(text)
+            owners.append(row)
+    per_prompt = F.normalize(backbone.encode_text(prompts, batch_size=batch_size), dim=-1)
+    summed = torch.zeros(len(captions), per_prompt.shape[1]).index_add_(0, torch.tensor(owners), per_prompt)
+    return F.normalize(summed, dim=-1)
+
+
+def pseudo_tokens_of(phi: torch.nn.Module, image_features: torch.Tensor, device=None) -> torch.Tensor:
+    """v = Phi(image_embeds) for raw (unnormalised) image embeddings.
+
+    Args:
+        phi: Phi or Pic2Word mapper (eval mode).
+        image_features: [N, P].
+        device: where Phi runs (default: where its weights are).
+    Returns:
+        [N, H] float32 CPU pseudo tokens.
+    """
+    weight = next(phi.parameters())
+    device = device or weight.device
+    with torch.inference_mode():
+        return phi(image_features.to(device, weight.dtype)).float().cpu()
+
+
+def _image_builder(x: QueryInputs) -> torch.Tensor:
+    return F.normalize(x.reference_features, dim=-1)
+
+
+def _text_builder(x: QueryInputs) -> torch.Tensor:
+    return text_queries(x.backbone, x.captions, x.batch_size)
+
+
+def _sum_builder(x: QueryInputs) -> torch.Tensor:
+    return F.normalize(_image_builder(x) + _text_builder(x), dim=-1)
+
+
+def _phi_builder(x: QueryInputs) -> torch.Tensor:
+    tokens = x.pseudo_tokens
+    if tokens is None:
+        if x.phi is None:
+            raise ZscirError("method 'phi' needs an inversion network (--phi PATH) or pseudo tokens")
+        tokens = pseudo_tokens_of(x.phi, x.reference_features, x.backbone.device)
+    return compose_queries(x.backbone, tokens, x.captions, x.template, x.batch_size)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A retrieval method: how it builds its [Q, P] normalised query matrix.
+
+    Attributes:
+        name: CLI name.
+        build: QueryInputs -> [Q, P] normalised queries.
+        uses_text: reads the captions (so a fine-tuned text tower matters).
+        needs_phi: needs an inversion network (or given pseudo tokens).
+        description: one line for help texts.
+    """
+
+    name: str
+    build: Callable[[QueryInputs], torch.Tensor]
+    uses_text: bool
+    needs_phi: bool
+    description: str
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("image", _image_builder, False, False, "reference image embedding only"),
+    Method("text", _text_builder, True, False, "relative caption text embedding only"),
+    Method("sum", _sum_builder, True, False, "normalize(normalize(image) + normalize(text))"),
+    Method("phi", _phi_builder, True, True, "SEARLE / LinCIR / Pic2Word: compose 'a photo of $ that {caption}'"),
+]}
+
+
+@dataclass
+class EvalResult:
+    """Outcome of one evaluation.
+
+    Attributes:
+        split: the split actually evaluated (failed images / dropped queries removed).
+        metrics: {name: value in percent}; empty for a split without targets (test).
+        scores: [Q, G] cosine scores (rows = split.queries, columns = split.gallery).
+        queries: [Q, P] the normalised query matrix.
+        dropped_queries: queries left out because an image they need is missing/corrupt.
+        dropped_images: gallery images left out for the same reason.
+    """
+
+    split: CIRSplit
+    metrics: dict[str, float]
+    scores: torch.Tensor
+    queries: torch.Tensor
+    dropped_queries: int = 0
+    dropped_images: int = 0
+
+
+def failure_summary(failed: dict[str, str], examples: int = 5) -> str:
+    """One line: how many images failed and a few of the reasons (which name the paths)."""
+    shown = "; ".join(list(failed.values())[:examples])
+    more = f" (+{len(failed) - examples} more)" if len(failed) > examples else ""
+    return f"{len(failed)} images are missing or undecodable: {shown}{more}"
+
+
+class Evaluator:
+    """Evaluate any method on one split with shared, cached image features.
+
+    Args:
+        backbone: a `Backbone` (vision tower for features, text tower for queries).
+        split: a `CIRSplit` (val/test; FashionIQ: one category).
+        cache: a `FeatureCache` (None = a cache in the default folder).
+        pad_to_ratio: SEARLE target pad ratio (e.g. 1.25) or None for plain CLIP preprocessing.
+        circo_text: "caption" or "concept" (CIRCO query text, see CIRCO_TEXTS).
+        skip_missing: drop failed images and the queries needing them instead of raising.
+        batch_size: image batch size; text uses 4x.
+    """
+
+    def __init__(self, backbone, split: CIRSplit, cache: FeatureCache | None = None, *,
+                 pad_to_ratio: float | None = None, circo_text: str = "caption", skip_missing: bool = False,
+                 batch_size: int = 64):
+        if circo_text not in CIRCO_TEXTS:
+            raise ZscirError(f"circo_text must be one of {', '.join(CIRCO_TEXTS)}, got {circo_text!r}")
+        self.backbone = backbone
+        self.full_split = split
+        self.cache = cache if cache is not None else FeatureCache()
+        self.pad_to_ratio = pad_to_ratio
+        self.circo_text = circo_text
+        self.skip_missing = skip_missing
+        self.batch_size = batch_size
+        self._features: ImageFeatures | None = None
+        self._split: CIRSplit | None = None
+        self._gallery: torch.Tensor | None = None
+
+    # ---- shared pieces (computed once) -----------------------------------------------------------
+    def features(self) -> ImageFeatures:
+        """Raw embeddings of the union of gallery and reference images (one encoding each)."""
+        if self._features is None:
+            split = self.full_split
+            names = dict.fromkeys([*split.gallery, *(q.reference for q in split.queries)])
+            missing = [n for n in names if n not in split.images]
+            if missing:
+                raise DataError(f"{split.name}: {len(missing)} images have no path (e.g. {missing[:3]})")
+            if not self.skip_missing:
+                self._fail_fast([split.images[n] for n in names])
+            images = {n: split.images[n] for n in names}
+            self._features = self.cache.image_features(self.backbone, images, self.pad_to_ratio,
+                                                       self.batch_size, desc=f"{split.name} images")
+            if self._features.failed and not self.skip_missing:
+                raise DataError(f"{split.name}: {failure_summary(self._features.failed)}; "
+                                "fix them or pass --skip-missing to evaluate the rest")
+        return self._features
+
+    def _fail_fast(self, paths) -> None:
+        """Stop before encoding anything when files are missing (cheap directory listings)."""
+        from zscir.data.images import check_images
+
+        report = check_images(paths, decode="none", progress=False)
+        if report.missing:
+            failed = {str(p): f"{p}: image file not found" for p in report.missing}
+            raise DataError(f"{self.full_split.name}: {failure_summary(failed)}; "
+                            "fix them or pass --skip-missing to evaluate the rest")
+
+    @property
+    def split(self) -> CIRSplit:
+        """The split actually evaluated: without failed gallery images and the queries that need them."""
+        if self._split is None:
+            failed = self.features().failed
+            full = self.full_split
+            if not failed:
+                self._split = full
+            else:
+                queries = [q for q in full.queries
+                           if q.reference not in failed and not any(t in failed for t in q.targets)]
+                queries = [replace(q, group=tuple(m for m in q.group if m not in failed)) for q in queries]
+                gallery = [g for g in full.gallery if g not in failed]
+                self._split = replace(full, gallery=gallery, queries=queries)
+        return self._split
+
+    @property
+    def dropped_queries(self) -> int:
+        """Queries left out because of failed images."""
+        return len(self.full_split.queries) - len(self.split.queries)
+
+    @property
+    def dropped_images(self) -> int:
+        """Gallery images left out because they are missing or undecodable."""
+        return len(self.full_split.gallery) - len(self.split.gallery)
+
+    def gallery_features(self) -> torch.Tensor:
+        """[G, P] L2-normalised gallery embeddings (columns of the score matrix)."""
+        if self._gallery is None:
+            self._gallery = F.normalize(self.features().lookup(self.split.gallery), dim=-1)
+        return self._gallery
+
+    def reference_features(self) -> torch.Tensor:
+        """[Q, P] raw reference embeddings of the active queries (O(1) lookups by name)."""
+        return self.features().lookup([q.reference for q in self.split.queries])
+
+    def captions(self) -> list[tuple[str, ...]]:
+        """The caption tuples of the active queries (CIRCO: with the concept text if asked)."""
+        fmt = CIRCO_TEXTS[self.circo_text] if self.split.dataset == "circo" else CIRCO_TEXTS["caption"]
+        if "{concept}" in fmt:
+            lacking = [q.query_id for q in self.split.queries if not q.shared_concept]
+            if lacking:
+                raise DataError(f"{self.split.name}: query {lacking[0]} has no shared_concept "
+                                "(needed by --circo-text concept)")
+        return [tuple(fmt.format(caption=c, concept=q.shared_concept) for c in q.captions)
+                for q in self.split.queries]
+
+    # ---- methods ----------------------------------------------------------------------------------
+    def query_vectors(self, method: str, phi: torch.nn.Module | None = None, text_tower: torch.nn.Module | None = None,
+                      template: PromptTemplate | str | None = None,
+                      pseudo_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The normalised [Q, P] query matrix of a method (rows = `self.split.queries`).
+
+        Args:
+            method: a key of METHODS ("image", "text", "sum", "phi").
+            phi: inversion network for "phi" (checked against the backbone's dims).
+            text_tower: a fine-tuned text tower (RTD) replacing the backbone's.
+            template: prompt template (name or text) of Phi-based methods.
+            pseudo_tokens: [Q, H] to compose with instead of Phi(reference) (e.g. CIG's v_gen).
+        Returns:
+            [Q, P] float32 L2-normalised query vectors.
+        """
+        if method not in METHODS:
+            raise ZscirError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        spec = METHODS[method]
+        backbone = self.backbone if text_tower is None else self.backbone.with_text_tower(text_tower)
+        if spec.needs_phi and phi is not None:
+            from zscir.models.phi import check_fits
+
+            check_fits(phi, backbone)
+        if pseudo_tokens is not None and pseudo_tokens.shape[0] != len(self.split.queries):
+            raise ZscirError(f"{pseudo_tokens.shape[0]} pseudo tokens for {len(self.split.queries)} queries")
+        if isinstance(template, str):
+            template = PromptTemplate.named(template)
+        inputs = QueryInputs(backbone, self.reference_features(), self.captions(), phi, pseudo_tokens,
+                             template or PromptTemplate(), 4 * self.batch_size)
+        if not spec.uses_text or pseudo_tokens is not None:
+            return spec.build(inputs)
+        return self.cache.tensor("queries", self._query_key(spec, backbone, inputs), lambda: spec.build(inputs))
+
+    def _query_key(self, spec: Method, backbone, inputs: QueryInputs) -> list:
+        """Everything a text-using query matrix depends on (for the derived-tensor cache)."""
+        from zscir.models.backbone import fingerprint_module
+
+        return [spec.name, backbone.text_fingerprint(), inputs.template.text, inputs.captions,
+                fingerprint_module(inputs.phi) if spec.needs_phi and inputs.phi is not None else None,
+                self.features().key, [q.reference for q in self.split.queries]]
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """[Q, G] cosine scores of normalised queries against the normalised gallery."""
+        gallery = self.gallery_features()
+        if queries.shape != (len(self.split.queries), gallery.shape[1]):
+            raise ZscirError(f"query matrix has shape {tuple(queries.shape)}, expected "
+                             f"({len(self.split.queries)}, {gallery.shape[1]})")
+        return queries.float() @ gallery.T
+
+    def evaluate(self, method: str | None = None, *, queries: torch.Tensor | None = None, **options) -> EvalResult:
+        """Build the method's queries (or take `queries`), score the gallery and compute the metrics.
+
+        Args:
+            method: a key of METHODS; ignored when `queries` is given.
+            queries: a ready [Q, P] normalised query matrix (e.g. CIG-fused).
+            **options: passed to `query_vectors` (phi, text_tower, template, pseudo_tokens).
+        Returns:
+            EvalResult (metrics empty on a split without targets).
+        """
+        from zscir.evaluation.metrics import evaluate_split
+
+        if queries is None:
+            if method is None:
+                raise ZscirError("evaluate needs a method or a query matrix")
+            queries = self.query_vectors(method, **options)
+        if not self.split.queries:
+            raise DataError(f"{self.full_split.name}: no query left to evaluate "
+                            f"({self.dropped_queries} dropped because of missing images)")
+        scores = self.scores(queries)
+        metrics = evaluate_split(self.split, scores) if self.split.has_targets else {}
+        return EvalResult(self.split, metrics, scores, queries, self.dropped_queries, self.dropped_images)
+
+
+def evaluate_splits(backbone, splits: Sequence[CIRSplit], method: str, cache: FeatureCache | None = None,
+                    evaluator_options: dict | None = None, **options) -> dict[str, EvalResult]:
+    """Evaluate one method on several splits (FashionIQ: its categories).
+
+    Args:
+        backbone: a `Backbone`.
+        splits: from `load_benchmark`.
+        method: a key of METHODS.
+        cache: shared feature cache.
+        evaluator_options: keyword arguments of `Evaluator` (pad_to_ratio, circo_text, skip_missing, batch_size).
+        **options: passed to `Evaluator.evaluate` (phi, text_tower, template).
+    Returns:
+        {split name: EvalResult} in the splits' order.
+    """
+    cache = cache if cache is not None else FeatureCache()
+    return {s.name: Evaluator(backbone, s, cache, **(evaluator_options or {})).evaluate(method, **options)
+            for s in splits}
+
+
+def summary_metrics(results: dict[str, EvalResult]) -> dict[str, dict[str, float]]:
+    """{split name: metrics}, plus "mean" over the splits when there are several (FashionIQ average)."""
+    from zscir.evaluation.metrics import mean_metrics
+
+    table = {name: r.metrics for name, r in results.items() if r.metrics}
+    if len(table) > 1:
+        table["mean"] = mean_metrics(table)
+    return table
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per split, one column per metric (percent, 2 decimals)."""
+    if not table:
+        return "(no metrics: the split has no targets)"
+    columns = list(dict.fromkeys(name for row in table.values() for name in row))
+    width = max(len(n) for n in table) + 2
+    lines = ["".ljust(width) + "".join(c.rjust(9) for c in columns)]
+    for name, row in table.items():
+        lines.append(name.ljust(width) + "".join((f"{row[c]:.2f}" if c in row else "-").rjust(9) for c in columns))
+    return "\n".join(lines)
