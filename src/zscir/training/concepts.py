@@ -1,0 +1,349 @@
+"""Concepts and concept phrases for SEARLE's regularisers (OTI and Phi distillation, METHODS.md §3).
+
+A concept is a short noun phrase ("dog", "red circle"). Each image is associated with its top-k
+concepts by CLIP similarity: a concept's text embedding is the mean of the L2-normalised text
+embeddings of the concept written into a set of templates ("a photo of a {}", ...), normalised again;
+an image's concepts are the k with the largest cosine to its image embedding.
+
+A phrase about a concept ("a photo of a dog that is running on the beach") is used with the concept
+replaced by the pseudo word `$` ("a photo of a $ that is running on the beach"): encoding that with
+the pseudo token should give what the original phrase gives. Phrases come from a pluggable source:
+- any causal language model through transformers' `generate` (`generate_phrases`);
+- a JSON file {concept: [phrases]} or a tab-separated text file "concept<TAB>phrase" (`load_phrases`);
+- the synthetic world's grammar (`world_concepts`, `world_phrases`), so everything runs offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zscir.compose import PSEUDO_WORD
+from zscir.errors import DataError, ZscirError
+
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}",
+    "a {} in the picture",
+    "a picture of a {}",
+    "an image of a {}",
+    "a close-up photo of a {}",
+    "a photo of the {}",
+)
+# Templates whose words all belong to the synthetic world's vocabulary (its tokenizer is word-level).
+WORLD_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}",
+    "a picture of a {}",
+    "a {} in the picture",
+    "a {} in the image",
+)
+LM_PROMPT = "a photo of {concept} that"
+
+
+# ---------------------------------------------------------------------------------------------
+# Masking a concept in a phrase
+
+
+def mask_concept(phrase: str, concept: str) -> str | None:
+    """Replace every whole-word occurrence of `concept` in `phrase` by the pseudo word `$`.
+
+    Matching is case-insensitive and at word boundaries ("cat" is not replaced inside "category").
+
+    Args:
+        phrase: e.g. "a photo of a red circle at the top left".
+        concept: e.g. "red circle".
+    Returns:
+        The masked phrase ("a photo of a $ at the top left"), or None if the concept does not occur
+        as whole words or the phrase already contains `$`.
+    """
+    if PSEUDO_WORD in phrase.split():
+        return None
+    pattern = re.compile(r"(?<![\w$])" + r"\s+".join(map(re.escape, concept.split())) + r"(?![\w$])", re.IGNORECASE)
+    masked, count = pattern.subn(PSEUDO_WORD, phrase)
+    return masked if count else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Concept embeddings and association
+
+
+def concept_embeddings(backbone, concepts: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                       batch_size: int = 256) -> torch.Tensor:
+    """Text embedding of each concept: normalize(mean over templates of normalize(text_embeds)).
+
+    Args:
+        backbone: a `Backbone` with a text tower.
+        concepts: C concept strings.
+        templates: T format strings with one `{}` slot.
+        batch_size: prompts per forward pass.
+    Returns:
+        [C, P] float32, L2-normalised rows.
+    """
+    if not templates or any("{}" not in t for t in templates):
+        raise ZscirError(f"concept templates must each contain '{{}}', got {list(templates)}")
+    prompts = [t.format(c) for c in concepts for t in templates]  # concept-major: [C*T]
+    embeds = F.normalize(backbone.encode_text(prompts, batch_size=batch_size), dim=-1)
+    return F.normalize(embeds.view(len(concepts), len(templates), -1).mean(dim=1), dim=-1)
+
+
+def top_concepts(image_embeds: torch.Tensor, concept_embeds: torch.Tensor, k: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k concepts with the largest cosine to each image.
+
+    Args:
+        image_embeds: [N, P] image embeddings (normalised here).
+        concept_embeds: [C, P] concept embeddings (normalised here).
+        k: concepts per image (clipped to C).
+    Returns:
+        (scores [N, k'], indices [N, k']) sorted by decreasing cosine, k' = min(k, C).
+    """
+    sims = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(concept_embeds.float(), dim=-1).T
+    return sims.topk(min(k, concept_embeds.shape[0]), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bank used by OTI and distillation
+
+
+@dataclass
+class ConceptBank:
+    """Concepts with their embeddings and masked phrases, ready for the phrase loss.
+
+    Attributes:
+        concepts: C concepts that have at least one usable phrase.
+        embeds: [C, P] normalised concept embeddings (for image → concept association).
+        masked: per concept, its phrases with the concept replaced by `$`.
+        phrase_embeds: per concept, [n_c, P] text embeddings of the ORIGINAL phrases (targets, unnormalised).
+        fingerprint: a hash of concepts, phrases and templates (part of OTI's resume key).
+    """
+
+    concepts: list[str]
+    embeds: torch.Tensor
+    masked: list[list[str]]
+    phrase_embeds: list[torch.Tensor]
+    fingerprint: str
+
+    @classmethod
+    def build(cls, backbone, concepts: Sequence[str], phrases: Mapping[str, Sequence[str]],
+              templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 256) -> ConceptBank:
+        """Embed the concepts and the phrases; drop phrases that do not contain their concept.
+
+        Args:
+            backbone: a `Backbone` with a text tower.
+            concepts: the concept list (duplicates removed, order kept).
+            phrases: {concept: [phrases]}; concepts without a usable phrase are left out of the bank.
+            templates: concept templates for `concept_embeddings`.
+        Returns:
+            The ConceptBank.
+        Raises:
+            ZscirError: no concept has a usable phrase.
+        """
+        kept, masked, originals = [], [], []
+        for concept in dict.fromkeys(concepts):
+            pairs = [(m, p) for p in phrases.get(concept, ()) if (m := mask_concept(p, concept)) is not None]
+            if pairs:
+                kept.append(concept)
+                masked.append([m for m, _ in pairs])
+                originals.append([p for _, p in pairs])
+        if not kept:
+            raise ZscirError(f"none of the {len(concepts)} concepts has a phrase that contains it "
+                             f"(e.g. {list(concepts)[:3]}); check the phrase source")
+        flat = [p for group in originals for p in group]
+        flat_embeds = backbone.encode_text(flat, batch_size=batch_size)
+        sizes = [len(group) for group in originals]
+        digest = hashlib.sha256(json.dumps([kept, originals, list(templates)]).encode()).hexdigest()[:16]
+        return cls(kept, concept_embeddings(backbone, kept, templates, batch_size), masked,
+                   list(flat_embeds.split(sizes)), digest)
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    def top_k(self, image_embeds: torch.Tensor, k: int) -> torch.Tensor:
+        """[N, min(k, C)] indices of each image's nearest concepts (see `top_concepts`)."""
+        return top_concepts(image_embeds, self.embeds, k)[1]
+
+    def sample(self, candidates: Sequence[torch.Tensor] | torch.Tensor, rngs: Sequence[random.Random]
+               ) -> tuple[list[str], torch.Tensor]:
+        """Draw one (masked phrase, original-phrase embedding) per row.
+
+        Row i draws a concept uniformly from `candidates[i]`, then one of its phrases uniformly, using
+        only `rngs[i]`, so a row's draws do not depend on the other rows of the batch.
+
+        Returns:
+            (B masked phrases, [B, P] original-phrase embeddings).
+        """
+        texts, targets = [], []
+        for row, rng in zip(candidates, rngs):
+            c = int(row[rng.randrange(len(row))])
+            j = rng.randrange(len(self.masked[c]))
+            texts.append(self.masked[c][j])
+            targets.append(self.phrase_embeds[c][j])
+        return texts, torch.stack(targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phrase sources
+
+
+def load_concepts(path: str | Path) -> list[str]:
+    """A concept list: a JSON list of strings, or a text file with one concept per line (# comments).
+
+    Raises:
+        DataError: missing file, malformed JSON, empty list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: concept file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            concepts = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+        if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+            raise DataError(f"{path}: expected a JSON list of concept strings")
+    else:
+        concepts = [line.split("#", 1)[0] for line in text.splitlines()]
+    concepts = list(dict.fromkeys(c.strip() for c in concepts if c.strip()))
+    if not concepts:
+        raise DataError(f"{path}: no concepts")
+    return concepts
+
+
+def load_phrases(path: str | Path) -> dict[str, list[str]]:
+    """Phrases per concept from a JSON file {concept: [phrases]} or a text file of "concept<TAB>phrase" lines.
+
+    Raises:
+        DataError: missing file, malformed content (naming the line / key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: phrase file not found")
+    text = path.read_text(encoding="utf-8")
+    out: dict[str, list[str]] = {}
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: expected a JSON object {{concept: [phrases]}}, got {type(data).__name__}")
+        for concept, phrases in data.items():
+            if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+                raise DataError(f"{path}: key {concept!r}: expected a list of phrase strings")
+            out[concept] = [p.strip() for p in phrases if p.strip()]
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            if "\t" not in line:
+                raise DataError(f"{path}: line {number}: expected 'concept<TAB>phrase'")
+            concept, phrase = (part.strip() for part in line.split("\t", 1))
+            if concept and phrase:
+                out.setdefault(concept, []).append(phrase)
+    if not out:
+        raise DataError(f"{path}: no phrases")
+    return out
+
+
+def _first_sentence(text: str) -> str:
+    """Cut a generated text at the first sentence end or line break."""
+    cut = re.split(r"[.!?\n]", text, maxsplit=1)[0]
+    return " ".join(cut.split())
+
+
+def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int = 32,
+                     prompt: str = LM_PROMPT, max_new_tokens: int = 24, temperature: float = 1.0,
+                     top_k: int = 50, seed: int = 0, progress: bool = True) -> dict[str, list[str]]:
+    """Phrases about each concept sampled from a causal language model (SEARLE used GPT-Neo).
+
+    Each concept is generated with its own seed (derived from `seed` and the concept), so its phrases
+    do not depend on the order or number of the other concepts.
+
+    Args:
+        model: a transformers causal LM (`generate` is used; eval mode).
+        tokenizer: its tokenizer.
+        concepts: the concepts.
+        num_phrases: sampled phrases per concept (duplicates and ones without the concept dropped).
+        prompt: the prompt with a `{concept}` slot; the phrase is the prompt plus its continuation.
+        max_new_tokens / temperature / top_k: sampling settings.
+        seed: base seed.
+    Returns:
+        {concept: [phrases]}, each phrase cut at its first sentence end.
+    """
+    from tqdm.auto import tqdm
+
+    if "{concept}" not in prompt:
+        raise ZscirError(f"phrase prompt {prompt!r} has no '{{concept}}' slot")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    model.eval()
+    out: dict[str, list[str]] = {}
+    for concept in tqdm(concepts, desc="phrases", unit="concept", disable=not progress or None):
+        encoded = tokenizer(prompt.format(concept=concept), return_tensors="pt").to(device)
+        torch.manual_seed(derived_seed(seed, concept))
+        with torch.no_grad():
+            generated = model.generate(**encoded, do_sample=True, max_new_tokens=max_new_tokens,
+                                       num_return_sequences=num_phrases, temperature=temperature, top_k=top_k,
+                                       pad_token_id=pad_id)
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        phrases = [_first_sentence(t) for t in texts]
+        out[concept] = list(dict.fromkeys(p for p in phrases if mask_concept(p, concept) is not None))
+    return out
+
+
+def derived_seed(seed: int, key: str) -> int:
+    """A 63-bit integer seed from (seed, key), stable across processes and Python versions."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{key}".encode()).digest()[:8], "little") >> 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic world
+
+
+def world_concepts() -> list[str]:
+    """The synthetic world's concepts: every shape and every "colour shape" pair (6 + 48)."""
+    from zscir.data.synthetic.vocab import COLOURS, SHAPES
+
+    return list(SHAPES) + [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
+
+
+def world_phrases(concepts: Sequence[str], num_phrases: int = 16, seed: int = 0) -> dict[str, list[str]]:
+    """Phrases about each world concept from the world's own caption grammar.
+
+    A phrase is the caption of a one-object scene whose object matches the concept (the other
+    attributes, the cell and the background drawn at random), e.g. "a picture of a small red circle
+    in the upper left corner on a gray background" for "red circle".
+
+    Args:
+        concepts: "shape" or "colour shape" strings (see `world_concepts`).
+        num_phrases: phrases drawn per concept (duplicates dropped).
+        seed: base seed (each concept has its own stream).
+    Returns:
+        {concept: [phrases]}.
+    Raises:
+        ZscirError: a concept that is not a world shape or "colour shape".
+    """
+    from zscir.data.synthetic import Scene, SceneObject, describe_scene
+    from zscir.data.synthetic.vocab import BACKGROUNDS, COLOURS, N_CELLS, SHAPES, SIZES
+
+    out = {}
+    for concept in concepts:
+        words = concept.split()
+        if not (1 <= len(words) <= 2 and words[-1] in SHAPES and (len(words) == 1 or words[0] in COLOURS)):
+            raise ZscirError(f"{concept!r} is not a world concept ('shape' or 'colour shape')")
+        rng = random.Random(derived_seed(seed, concept))
+        phrases = []
+        for _ in range(num_phrases):
+            colour = words[0] if len(words) == 2 else rng.choice(list(COLOURS))
+            obj = SceneObject(cell=rng.randrange(N_CELLS), shape=words[-1], colour=colour, size=rng.choice(SIZES))
+            phrases.append(describe_scene(Scene(rng.choice(list(BACKGROUNDS)), (obj,)), rng))
+        out[concept] = list(dict.fromkeys(phrases))
+    return out

@@ -1,0 +1,238 @@
+"""SEARLE: OTI (loss, determinism, EMA, batching, resumable store), concepts and phrases, Phi distillation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zscir.training.concepts import (
+    ConceptBank,
+    concept_embeddings,
+    generate_phrases,
+    load_phrases,
+    mask_concept,
+    world_concepts,
+    world_phrases,
+)
+from zscir.training.oti import (
+    OTIConfig,
+    TokenStore,
+    image_loss,
+    initial_tokens,
+    invert_images,
+    invert_to_store,
+    oti_pseudo_tokens,
+    token_embedding_std,
+)
+
+torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spinning on a shared 2-core machine
+
+PHRASES = {
+    "circle": ["a photo of a red circle on a white background", "a small blue circle at the top left"],
+    "square": ["a small blue square at the top left", "turn the red square into a triangle"],
+    "star": ["move the star to the middle", "a large yellow star at the bottom right"],
+    "hexagon": ["add a large yellow hexagon at the bottom right"],
+    "ball": ["a ball with all colours in the center"],
+}
+
+
+@pytest.fixture()
+def bank(tiny_backbone):
+    return ConceptBank.build(tiny_backbone, list(PHRASES), PHRASES)
+
+
+def _embeds(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- concepts ---------------------------------------------------------------------------------
+
+
+def test_mask_concept_whole_words_only():
+    assert mask_concept("a photo of a red circle on red", "red circle") == "a photo of a $ on red"
+    assert mask_concept("a Red  Circle", "red circle") == "a $"
+    assert mask_concept("a category of things", "cat") is None  # no substring hits (LinCIR's str.replace bug)
+    assert mask_concept("a ball with all colours", "all") == "a ball with $ colours"
+    assert mask_concept("a $ and a cat", "cat") is None  # already holds the pseudo word
+
+
+def test_concept_association_matches_brute_force(tiny_backbone, bank):
+    templates = ("a photo of a {}", "a {} in the picture", "a picture of a {}")
+    concepts = ["circle", "square", "star", "red circle"]
+    fast = concept_embeddings(tiny_backbone, concepts, templates)
+    images = _embeds(5, tiny_backbone.projection_dim)
+    for c, concept in enumerate(concepts):  # definition: mean of normalised template embeddings, normalised
+        rows = [F.normalize(tiny_backbone.encode_text([t.format(concept)])[0], dim=0) for t in templates]
+        assert torch.allclose(fast[c], F.normalize(torch.stack(rows).mean(0), dim=0), atol=1e-5)
+    from zscir.training.concepts import top_concepts
+
+    scores, index = top_concepts(images, fast, 2)
+    for i in range(5):
+        sims = [float(F.cosine_similarity(images[i], fast[c], dim=0)) for c in range(len(concepts))]
+        expected = sorted(range(len(concepts)), key=lambda c: -sims[c])[:2]
+        assert index[i].tolist() == expected
+        assert scores[i].tolist() == pytest.approx([sims[c] for c in expected], abs=1e-5)
+    # the bank keeps only concepts with a phrase holding them, and embeds the ORIGINAL phrases
+    assert bank.concepts == list(PHRASES)
+    assert bank.masked[0] == ["a photo of a red $ on a white background", "a small blue $ at the top left"]
+    assert torch.allclose(bank.phrase_embeds[2][1], tiny_backbone.encode_text([PHRASES["star"][1]])[0], atol=1e-6)
+
+
+def test_phrase_files_and_world_phrases(tmp_path):
+    (tmp_path / "p.tsv").write_text("dog\ta dog on the grass\n\ncat\ta cat sleeping\n")
+    assert load_phrases(tmp_path / "p.tsv") == {"dog": ["a dog on the grass"], "cat": ["a cat sleeping"]}
+    (tmp_path / "p.json").write_text('{"dog": ["a dog running"]}')
+    assert load_phrases(tmp_path / "p.json") == {"dog": ["a dog running"]}
+    (tmp_path / "bad.tsv").write_text("no tab here\n")
+    from zscir.errors import DataError
+
+    with pytest.raises(DataError, match="line 1"):
+        load_phrases(tmp_path / "bad.tsv")
+    from zscir.data.synthetic import world_texts
+
+    vocab = set(" ".join(world_texts()).split())
+    concepts = world_concepts()
+    phrases = world_phrases(concepts, 4, seed=1)
+    assert phrases == world_phrases(concepts, 4, seed=1)
+    for concept in concepts:
+        assert phrases[concept]
+        for p in phrases[concept]:
+            assert mask_concept(p, concept) is not None
+            assert set(p.split()) <= vocab
+
+
+def _tiny_lm():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["<eos>", "<unk>", ".", "a", "photo", "of", "that", "is", "red", "circle", "square", "on", "the",
+             "grass", "sits", "blue", "big", "small"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<eos>",
+                                        unk_token="<unk>")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                                       bos_token_id=0, eos_token_id=0))
+    return model, tokenizer
+
+
+def test_lm_phrases_with_a_tiny_random_gpt2():
+    model, tokenizer = _tiny_lm()
+    both = generate_phrases(model, tokenizer, ["circle", "red circle"], num_phrases=6, max_new_tokens=6,
+                            progress=False)
+    alone = generate_phrases(model, tokenizer, ["red circle"], num_phrases=6, max_new_tokens=6, progress=False)
+    assert both["red circle"] == alone["red circle"]  # per-concept seeds: independent of the other concepts
+    for concept, phrases in both.items():
+        assert phrases, concept
+        for p in phrases:
+            assert p.startswith(f"a photo of {concept} that")
+            assert "." not in p and "<eos>" not in p
+            assert mask_concept(p, concept).startswith("a photo of $ that")
+    assert any(len(p.split()) > 4 + len("red circle".split()) for p in both["red circle"])  # it did generate
+
+
+# ---- OTI --------------------------------------------------------------------------------------
+
+
+def test_oti_lowers_loss_and_is_deterministic(tiny_backbone, bank):
+    from PIL import Image
+
+    image = Image.new("RGB", (16, 16), (200, 30, 30))
+    embeds = tiny_backbone.encode_image([image])
+    config = OTIConfig(steps=60, top_k=3, seed=3)
+    result = invert_images(tiny_backbone, embeds, bank, config, names=["img"], progress=False)
+    start = initial_tokens(["img"], tiny_backbone.hidden_size, token_embedding_std(tiny_backbone), 3)
+    assert float(image_loss(tiny_backbone, embeds, result.tokens)) < float(image_loss(tiny_backbone, embeds, start))
+    assert float(result.last_loss) < float(result.first_loss)
+    again = invert_images(tiny_backbone, embeds, bank, config, names=["img"], progress=False)
+    assert torch.equal(again.tokens, result.tokens)
+    other = invert_images(tiny_backbone, embeds, bank, OTIConfig(steps=60, top_k=3, seed=4), names=["img"],
+                          progress=False)
+    assert not torch.allclose(other.tokens, result.tokens)
+
+
+def test_ema_token_is_the_output_and_the_saved_token(tiny_backbone, bank, tmp_path):
+    embeds = _embeds(2, tiny_backbone.projection_dim)
+    config = OTIConfig(steps=12, top_k=2, ema_decay=0.8)
+    raw = []
+    result = invert_images(tiny_backbone, embeds, bank, config, names=["a", "b"], progress=False,
+                           on_step=lambda step, v: raw.append(v))
+    ema = initial_tokens(["a", "b"], tiny_backbone.hidden_size, token_embedding_std(tiny_backbone), config.seed)
+    for v in raw:  # ema_t = d·ema_{t-1} + (1−d)·v_t, ema_0 = v_0
+        ema = 0.8 * ema + 0.2 * v
+    assert len(raw) == 12
+    assert torch.allclose(result.tokens, ema, atol=1e-6)
+    assert torch.equal(result.last, raw[-1])
+    assert (result.tokens - result.last).abs().max() > 1e-3
+    store = invert_to_store(tiny_backbone, ["a", "b"], embeds, bank, config, tmp_path / "tok", progress=False)
+    assert torch.allclose(store.lookup(["b", "a"]), ema[[1, 0]], atol=1e-6)
+
+
+def test_batched_oti_equals_one_by_one(tiny_backbone, bank):
+    embeds = _embeds(4, tiny_backbone.projection_dim, seed=1)
+    names = ["w", "x", "y", "z"]
+    config = OTIConfig(steps=15, top_k=3, batch_size=4)
+    batched = invert_images(tiny_backbone, embeds, bank, config, names=names, progress=False).tokens
+    single = torch.cat([invert_images(tiny_backbone, embeds[i : i + 1], bank, config, names=[n],
+                                      progress=False).tokens for i, n in enumerate(names)])
+    assert torch.allclose(batched, single, atol=1e-5), (batched - single).abs().max()
+    # and a different split of the same images into batches gives the same tokens
+    pairs = invert_images(tiny_backbone, embeds, bank, OTIConfig(steps=15, top_k=3, batch_size=3), names=names,
+                          progress=False).tokens
+    assert torch.allclose(batched, pairs, atol=1e-5)
+
+
+def test_store_resumes_and_refuses_other_settings(tiny_backbone, bank, tmp_path, monkeypatch):
+    import zscir.training.oti as oti
+
+    embeds = _embeds(5, tiny_backbone.projection_dim, seed=2)
+    names = [f"im{i}" for i in range(5)]
+    config = OTIConfig(steps=5, top_k=2, batch_size=2)
+    folder = tmp_path / "store"
+    store = invert_to_store(tiny_backbone, names, embeds, bank, config, folder, chunk_size=2, progress=False)
+    full = store.lookup(names)
+    chunks = sorted(folder.glob("tokens-*.safetensors"))
+    assert len(chunks) == 3
+    chunks[-1].unlink()  # an interrupted run: the last chunk never got written
+    seen = []
+    real = oti._invert_batch
+    monkeypatch.setattr(oti, "_invert_batch", lambda bb, e, n, *a: seen.extend(n) or real(bb, e, n, *a))
+    store = invert_to_store(tiny_backbone, names, embeds, bank, config, folder, chunk_size=2, progress=False)
+    assert seen == ["im4"]  # only the missing image was redone
+    assert torch.allclose(store.lookup(names), full, atol=1e-6)
+    got_names, got_embeds, got_tokens = TokenStore(folder).pairs()
+    assert sorted(got_names) == names and got_embeds.shape == (5, tiny_backbone.projection_dim)
+    assert torch.allclose(got_tokens[got_names.index("im1")], full[1])
+    from zscir.errors import ZscirError
+
+    with pytest.raises(ZscirError, match="other settings"):
+        invert_to_store(tiny_backbone, names, embeds, bank, OTIConfig(steps=6, top_k=2), folder, progress=False)
+
+
+def test_oti_pseudo_tokens_for_reference_images(tiny_backbone, bank, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from zscir.compose import compose_queries
+    from zscir.retrieval.features import FeatureCache
+
+    images = {}
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        images[f"r{i}"] = tmp_path / f"r{i}.png"
+        Image.new("RGB", (20, 16), colour).save(images[f"r{i}"])
+    cache = FeatureCache(tmp_path / "cache", progress=False)
+    config = OTIConfig(steps=4, top_k=2)
+    refs = ["r2", "r0", "r2"]
+    tokens = oti_pseudo_tokens(tiny_backbone, images, refs, bank, config, folder=tmp_path / "oti", cache=cache,
+                               progress=False)
+    assert tokens.shape == (3, tiny_backbone.hidden_size) and torch.equal(tokens[0], tokens[2])
+    import zscir.training.oti as oti
+
+    monkeypatch.setattr(oti, "_invert_batch", lambda *a: pytest.fail("tokens should come from the store"))
+    again = oti_pseudo_tokens(tiny_backbone, images, refs, bank, config, folder=tmp_path / "oti", cache=cache,
+                              progress=False)
+    assert torch.equal(again, tokens)
+    queries = compose_queries(tiny_backbone, tokens, [("is green",), ("is blue",), ("is red",)])
+    assert queries.shape == (3, tiny_backbone.projection_dim)
