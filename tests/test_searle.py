@@ -236,3 +236,68 @@ def test_oti_pseudo_tokens_for_reference_images(tiny_backbone, bank, tmp_path, m
     assert torch.equal(again, tokens)
     queries = compose_queries(tiny_backbone, tokens, [("is green",), ("is blue",), ("is red",)])
     assert queries.shape == (3, tiny_backbone.projection_dim)
+
+
+# ---- Phi distillation ---------------------------------------------------------------------------
+
+
+def test_contrastive_loss_matches_definition():
+    from zscir.training.searle import contrastive_loss
+
+    v, t = _embeds(5, 7, seed=3), _embeds(5, 7, seed=4)
+    sims = [[float(F.cosine_similarity(v[i], t[j], dim=0)) / 0.25 for j in range(5)] for i in range(5)]
+    import math
+
+    rows = [-sims[i][i] + math.log(sum(math.exp(s) for s in sims[i])) for i in range(5)]
+    cols = [-sims[j][j] + math.log(sum(math.exp(sims[i][j]) for i in range(5))) for j in range(5)]
+    expected = 0.5 * (sum(rows) / 5 + sum(cols) / 5)
+    assert float(contrastive_loss(v, t, 0.25)) == pytest.approx(expected, rel=1e-5)
+
+
+def _distill_config(out, steps, resume=False, **extra):
+    from zscir.training.searle import SearleConfig
+
+    settings = dict(output_dir=str(out), max_steps=steps, batch_size=4, checkpoint_every=2, top_k=2, resume=resume,
+                    tensorboard=False, progress=False)
+    return SearleConfig(**{**settings, **extra})
+
+
+def test_distillation_resumes_exactly(tiny_backbone, bank, tmp_path):
+    from zscir.training.searle import distill_phi
+
+    embeds = _embeds(12, tiny_backbone.projection_dim, seed=5)
+    tokens = _embeds(12, tiny_backbone.hidden_size, seed=6)
+    straight = distill_phi(tiny_backbone, embeds, tokens, bank, _distill_config(tmp_path / "a", 4))
+    distill_phi(tiny_backbone, embeds, tokens, bank, _distill_config(tmp_path / "b", 2))
+    resumed = distill_phi(tiny_backbone, embeds, tokens, bank, _distill_config(tmp_path / "b", 4, resume=True))
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    fresh = distill_phi(tiny_backbone, embeds, tokens, bank, _distill_config(tmp_path / "c", 2))
+    assert not torch.equal(fresh.layers[0].weight, straight.layers[0].weight)  # the 2 extra steps did something
+
+
+def test_distillation_learns_validates_and_saves_both_formats(tiny_backbone, bank, tmp_path):
+    from zscir.models.phi import load_inversion_network
+    from zscir.training.searle import contrastive_loss, distill_phi
+
+    embeds = _embeds(8, tiny_backbone.projection_dim, seed=7)
+    tokens = _embeds(8, tiny_backbone.hidden_size, seed=8)
+    calls = []
+
+    def validate(phi):  # a toy metric: how well Phi(x) retrieves its own OTI token among the 8
+        calls.append(phi.training)
+        return {"R@1": float((contrastive_loss(phi(embeds), tokens, 0.25) * -1).exp())}
+
+    config = _distill_config(tmp_path / "run", 40, lr=3e-3, validate_every=20, checkpoint_every=40, dropout=0.0)
+    torch.manual_seed(config.seed)
+    from zscir.models.phi import Phi
+
+    before = Phi(tiny_backbone.projection_dim, tiny_backbone.hidden_size, dropout=0.0).eval()
+    phi = distill_phi(tiny_backbone, embeds, tokens, bank, config, validate=validate)
+    with torch.no_grad():
+        assert float(contrastive_loss(phi(embeds), tokens, 0.25)) < float(contrastive_loss(before(embeds), tokens,
+                                                                                               0.25))
+    assert calls == [False, False]  # validated at steps 20 and 40, in eval mode
+    published = load_inversion_network(tmp_path / "run" / "best" / "phi.pt")
+    for (name, a), (_, b) in zip(phi.state_dict().items(), published.state_dict().items()):
+        assert torch.equal(a, b), name

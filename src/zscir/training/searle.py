@@ -1,0 +1,191 @@
+"""SEARLE: distil a Phi from OTI pseudo tokens (METHODS.md §3), on the shared training loop.
+
+Data: pairs (x_i, t_i) of an image embedding and its OTI token (`zscir invert` writes both into a
+`TokenStore`). Per micro-batch of B pairs, with v_i = Phi(x_i):
+
+    contrastive = ½ [CE(S, I) + CE(Sᵀ, I)],  S_ij = cos(v_i, t_j) / τ   (τ = 0.25; positives on the diagonal)
+    phrase      = mean_i (1 − cos(encode(phrase_i with its concept replaced by $, v_i), encode(phrase_i)))
+    loss        = contrastive + λ · phrase                               (λ = 0.75)
+
+where phrase_i is drawn (global torch RNG, so it is restored on resume) from the phrases of one of
+image i's top-k concepts, as in OTI. Only Phi trains; AdamW lr 1e-4. The negatives of the contrastive
+term are the other rows of the same process's micro-batch (no cross-process gather).
+
+API:
+    store = TokenStore("runs/oti")                  # from `zscir invert`
+    names, embeds, tokens = store.pairs()
+    phi = distill_phi(backbone, embeds, tokens, bank, SearleConfig(), out_dir="runs/searle", validate=validator)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zscir.errors import DataError, ZscirError
+from zscir.models.phi import Phi, load_inversion_network, save_pretrained, save_published_phi
+from zscir.training.concepts import ConceptBank
+from zscir.training.config import TrainConfig
+from zscir.training.loop import TrainTask, train
+from zscir.training.phi import PUBLISHED_PHI_FILE, move_backbone
+
+
+@dataclass
+class SearleConfig(TrainConfig):
+    """SEARLE distillation recipe on top of the loop's knobs.
+
+    Attributes:
+        temperature: τ of the symmetric contrastive loss between Phi(x) and the OTI tokens.
+        phrase_weight: λ of the concept-phrase loss (0 = contrastive only, no phrases needed).
+        top_k: concepts per image the phrase is drawn from.
+        dropout / hidden_dim: Phi's dropout in training and hidden width (None = 4P).
+    """
+
+    output_dir: str = "runs/searle"
+    max_steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    temperature: float = 0.25
+    phrase_weight: float = 0.75
+    top_k: int = 15
+    dropout: float = 0.5
+    hidden_dim: int | None = None
+
+    def check(self) -> None:
+        """Raise ZscirError naming the first invalid field."""
+        super().check()
+        if self.temperature <= 0 or self.phrase_weight < 0 or self.top_k < 1:
+            raise ZscirError("searle: temperature must be > 0, phrase_weight >= 0, top_k >= 1")
+
+
+def contrastive_loss(predicted: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between row-paired predictions and targets (cosine logits / temperature).
+
+    Args:
+        predicted: [B, H] Phi outputs.
+        targets: [B, H] OTI tokens (row i is the positive of prediction i).
+        temperature: τ.
+    Returns:
+        Scalar ½ (CE(S, I) + CE(Sᵀ, I)).
+    """
+    logits = F.normalize(predicted.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).T / temperature
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+class _TorchDraws:
+    """`randrange` from the global torch RNG (saved and restored by the loop's checkpoints)."""
+
+    @staticmethod
+    def randrange(n: int) -> int:
+        return int(torch.randint(n, (1,)))
+
+
+class SearleDistillTask(TrainTask):
+    """Phi trains on (image embedding, OTI token) pairs; the text tower is frozen.
+
+    Args:
+        backbone: frozen `Backbone` (text tower for the phrase loss).
+        phi: the Phi to train.
+        image_embeds: [N, P] image embeddings.
+        tokens: [N, H] their OTI tokens.
+        bank: concepts and phrases (None allowed when `phrase_weight == 0`).
+        temperature / phrase_weight / top_k: the recipe (see SearleConfig).
+        validate: optional callback Phi (eval mode) -> metrics.
+    """
+
+    def __init__(self, backbone, phi: Phi, image_embeds: torch.Tensor, tokens: torch.Tensor,
+                 bank: ConceptBank | None, temperature: float = 0.25, phrase_weight: float = 0.75, top_k: int = 15,
+                 validate: Callable[[Phi], dict] | None = None):
+        if image_embeds.shape[0] != tokens.shape[0]:
+            raise ValueError(f"{image_embeds.shape[0]} image embeddings for {tokens.shape[0]} tokens")
+        if phrase_weight > 0 and bank is None:
+            raise ZscirError("searle: phrase_weight > 0 needs a ConceptBank (or set phrase_weight=0)")
+        self.backbone, self.phi, self.bank = backbone, phi, bank
+        self.image_embeds, self.tokens = image_embeds.float(), tokens.float()
+        self.temperature, self.phrase_weight, self.top_k = temperature, phrase_weight, top_k
+        self._validate = validate
+        self.candidates = None
+
+    def setup(self, accelerator) -> None:
+        move_backbone(self.backbone, accelerator.device)
+        if self.phrase_weight > 0:
+            self.candidates = self.bank.top_k(self.image_embeds, self.top_k)  # [N, k], once
+
+    def model(self) -> torch.nn.Module:
+        return self.phi
+
+    def num_examples(self) -> int:
+        return self.tokens.shape[0]
+
+    def batch(self, indices, device):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        batch = {"x": self.image_embeds[index].to(device), "t": self.tokens[index].to(device)}
+        if self.candidates is not None:
+            draws = [_TorchDraws] * len(indices)
+            batch["texts"], targets = self.bank.sample(self.candidates[index], draws)
+            batch["phrase_targets"] = targets.to(device)
+        return batch
+
+    def loss(self, model, batch) -> torch.Tensor:
+        v = model(batch["x"])  # the prepared (DDP) Phi
+        loss = contrastive_loss(v, batch["t"], self.temperature)
+        if self.candidates is not None:
+            out = self.backbone.encode_composed(batch["texts"], v).text_embeds.float()
+            phrase = (1 - F.cosine_similarity(out, batch["phrase_targets"].float(), dim=-1)).mean()
+            loss = loss + self.phrase_weight * phrase
+        return loss
+
+    def can_validate(self) -> bool:
+        return self._validate is not None
+
+    def validate(self, model) -> dict:
+        return self._validate(model)
+
+    def save(self, model, folder: Path) -> None:
+        save_pretrained(model, folder)
+        save_published_phi(model, folder / PUBLISHED_PHI_FILE)
+
+
+def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank: ConceptBank | None,
+                config: SearleConfig | None = None, out_dir: str | Path | None = None,
+                validate: Callable[[Phi], dict] | None = None, phi: Phi | None = None) -> Phi:
+    """Distil a SEARLE Phi from OTI tokens.
+
+    Args:
+        backbone: frozen `Backbone`.
+        image_embeds: [N, P] image embeddings (raw, as Phi reads them at inference).
+        tokens: [N, H] OTI tokens of those images (e.g. `TokenStore.pairs()`).
+        bank: concepts and phrases for the phrase loss (None when `config.phrase_weight == 0`).
+        config: the recipe (default SearleConfig()).
+        out_dir: overrides `config.output_dir`.
+        validate: optional callback Phi -> metrics holding `config.select_metric` (e.g.
+            `lambda phi: CIRValidator(...)(phi=phi)`); the best Phi is kept.
+        phi: a Phi to start from (default: new, seeded by `config.seed`).
+    Returns:
+        The best Phi by validation (or the final one), eval mode, CPU. Folders `out_dir/best` and
+        `out_dir/final` hold it in zscir's format and as the published `phi.pt`.
+    """
+    config = config or SearleConfig()
+    if out_dir is not None:
+        config.output_dir = str(out_dir)
+    config.check()
+    if tokens.shape[0] == 0:
+        raise DataError("no OTI tokens to distil from")
+    if tokens.shape[1] != backbone.hidden_size or image_embeds.shape[1] != backbone.projection_dim:
+        raise ZscirError(f"pairs have image dim {image_embeds.shape[1]} / token dim {tokens.shape[1]}, backbone "
+                         f"{backbone.name!r} needs {backbone.projection_dim} / {backbone.hidden_size}")
+    if phi is None:
+        torch.manual_seed(config.seed)
+        phi = Phi(backbone.projection_dim, backbone.hidden_size, config.hidden_dim, config.dropout)
+    task = SearleDistillTask(backbone, phi, image_embeds, tokens, bank if config.phrase_weight > 0 else None,
+                             config.temperature, config.phrase_weight, config.top_k, validate)
+    result = train(task, config)
+    return load_inversion_network(result.best_dir or result.final_dir)
