@@ -267,7 +267,7 @@ def test_fusion(tiny_backbone, split, tmp_path):
     from zscir.compose import compose_queries
     from zscir.evaluation.runner import Evaluator
     from zscir.generation.cig import image_path
-    from zscir.generation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
+    from zscir.generation.fusion import alpha_sweep, evaluate_cig, evaluate_fused, pseudo_target_queries
     from zscir.models.phi import Phi
     from zscir.retrieval.features import FeatureCache
 
@@ -303,6 +303,11 @@ def test_fusion(tiny_backbone, split, tmp_path):
 
     sweep = alpha_sweep([ev], [pq], [0.5, 1.0])
     assert list(sweep) == [0.5, 1.0] and sweep[1.0]["cirr/val"] == ev.evaluate("phi", phi=phi).metrics
+
+    lines = []
+    results = evaluate_cig([split], tiny_backbone, phi, ev.cache, {}, pseudo, 0.3, [0.3, 1.0], report=lines.append)
+    assert "1 of 3 queries have no pseudo target" in lines[0] and "alpha 0.30" in lines[1]
+    torch.testing.assert_close(results["cirr/val"].queries, again.fuse(0.3))
 
 
 # ---- generator training ------------------------------------------------------------------------

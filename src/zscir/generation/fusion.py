@@ -152,3 +152,40 @@ def format_sweep(sweep: dict[float, dict[str, dict[str, float]]], row: str | Non
         metrics = "  ".join(f"{k} {v:6.2f}" for k, v in table[name].items())
         lines.append(f"alpha {alpha:4.2f}  {metrics}")
     return "\n".join(lines)
+
+
+def evaluate_cig(splits: Sequence, backbone, phi: torch.nn.Module, cache, evaluator_options: dict | None,
+                 pseudo_dir: str | Path, alpha: float = DEFAULT_ALPHA, sweep: Sequence[float] | None = None,
+                 template=None, text_tower: torch.nn.Module | None = None, report=print) -> dict:
+    """Phi retrieval fused with pseudo targets on several splits (what `zscir evaluate --pseudo-targets` runs).
+
+    Args:
+        splits: from `load_benchmark` (FashionIQ: one per category).
+        backbone, phi: the retrieval backbone and its inversion network (also used for the pseudo targets).
+        cache: a `FeatureCache`.
+        evaluator_options: keyword arguments of `Evaluator` (pad_to_ratio, circo_text, skip_missing, batch_size).
+        pseudo_dir: folder written by `zscir generate`.
+        alpha: the fusion weight of the returned results.
+        sweep: if given, also evaluate these α values and report one line per α (val splits only).
+        template: prompt template; text_tower: optional fine-tuned text tower.
+        report: where the lines (missing counts, sweep) go.
+    Returns:
+        {split name: EvalResult} at `alpha`.
+    """
+    from zscir.evaluation.runner import Evaluator
+
+    evaluators = [Evaluator(backbone, s, cache, **(evaluator_options or {})) for s in splits]
+    queries = [pseudo_target_queries(ev, phi, pseudo_dir, template, text_tower) for ev in evaluators]
+    for ev, q in zip(evaluators, queries):
+        if q.missing:
+            example = next(iter(q.missing.values()))
+            report(f"{ev.split.name}: {len(q.missing)} of {len(q.has_target)} queries have no pseudo target "
+                   f"and use alpha = 1 (e.g. {example})")
+    if sweep:
+        table = alpha_sweep(evaluators, queries, sweep)
+        report(f"alpha sweep on {', '.join(ev.split.name for ev in evaluators)}:\n{format_sweep(table)}")
+        first = next(iter(next(iter(table.values())).values()))
+        metric = next(iter(first))
+        best = max(table, key=lambda a: table[a].get("mean", next(iter(table[a].values())))[metric])
+        report(f"best alpha by {metric}: {best:.2f} (choose on val, apply to test)")
+    return {ev.split.name: evaluate_fused(ev, q, alpha) for ev, q in zip(evaluators, queries)}
