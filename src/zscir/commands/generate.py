@@ -80,6 +80,8 @@ def build_conditioner(args):
 
 def run(args) -> int:
     """Generate, write the manifest (merged over processes), print a one-line summary."""
+    import torch
+
     from zscir.data.records import load_benchmark
     from zscir.errors import ZscirError, require
     from zscir.generation.cig import (
@@ -92,7 +94,9 @@ def run(args) -> int:
     )
 
     accelerate = require("accelerate", "generate")
-    state = accelerate.PartialState()
+    # cpu=True lets torchrun / accelerate launch shard over CPU processes (gloo) when there is no GPU
+    on_cpu = not torch.cuda.is_available() or str(args.device or "").startswith("cpu")
+    state = accelerate.PartialState(cpu=on_cpu)
     args.device = args.device or str(state.device)
     if args.phi is None and args.conditioning_dir is None:
         raise ZscirError("give --phi (to compute conditionings) or --conditioning-dir (saved conditionings)")
