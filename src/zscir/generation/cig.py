@@ -353,6 +353,15 @@ def _conditionings_for(batch, conditioner: ComposedConditioner | None, condition
     return kept, Conditioning.cat([ready[q.query_id] for _, q in kept])
 
 
+def _check_width(cond: Conditioning, unet_config) -> None:
+    """Saved conditionings carry no tower sizes; at least their width must be the UNet's cross-attention size."""
+    cross = unet_config.cross_attention_dim
+    cross = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+    if cond.prompt_embeds.shape[-1] != cross:
+        raise ModelLoadError(f"conditionings have {cond.prompt_embeds.shape[-1]} features per token but the generator "
+                             f"UNet's cross-attention size is {cross}; they were made for another generator")
+
+
 def generate_pseudo_targets(pipe, splits: Sequence, out_dir: str | Path, config: GenerationConfig | None = None,
                             conditioner: ComposedConditioner | None = None, conditioning_dir: str | Path | None = None,
                             shard: tuple[int, int] = (0, 1), limit: int | None = None,
@@ -396,6 +405,7 @@ def generate_pseudo_targets(pipe, splits: Sequence, out_dir: str | Path, config:
     for start in range(0, len(pending), config.batch_size):
         batch, cond = _conditionings_for(pending[start : start + config.batch_size], conditioner, cdir, report)
         if batch:
+            _check_width(cond, pipe.unet.config)
             seeds = [query_seed(config.seed, q.query_id, config.seed_policy) for _, q in batch]
             for (_, query), (image, tried) in zip(batch, render_with_retries(pipe, cond, seeds, config)):
                 if len(tried) > 1:
