@@ -31,6 +31,7 @@ from zscir.models.phi import Phi, load_inversion_network, save_pretrained, save_
 from zscir.training.concepts import ConceptBank
 from zscir.training.config import TrainConfig
 from zscir.training.loop import TrainTask, train
+from zscir.training.oti import encode_trimmed
 from zscir.training.phi import PUBLISHED_PHI_FILE, move_backbone
 
 
@@ -138,7 +139,7 @@ class SearleDistillTask(TrainTask):
         v = model(batch["x"])  # the prepared (DDP) Phi
         loss = contrastive_loss(v, batch["t"], self.temperature)
         if self.candidates is not None:
-            out = self.backbone.encode_composed(batch["texts"], v).text_embeds.float()
+            out = encode_trimmed(self.backbone, batch["texts"], v).float()
             phrase = (1 - F.cosine_similarity(out, batch["phrase_targets"].float(), dim=-1)).mean()
             loss = loss + self.phrase_weight * phrase
         return loss
