@@ -249,6 +249,31 @@ def test_oti_pseudo_tokens_for_reference_images(tiny_backbone, bank, tmp_path, m
     assert queries.shape == (3, tiny_backbone.projection_dim)
 
 
+def test_searle_oti_as_a_retrieval_method_on_the_world(tiny_backbone, bank, tmp_path, monkeypatch):
+    from zscir.data.records import load_benchmark
+    from zscir.data.synthetic import WorldSizes, build_world
+    from zscir.evaluation.runner import Evaluator
+    from zscir.retrieval.features import FeatureCache
+    from zscir.training.oti import oti_reference_tokens
+
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
+    build_world(tmp_path / "world", sizes=WorldSizes.small())
+    split = load_benchmark("cirr", tmp_path / "world" / "cirr", "val")[0]
+    cache = FeatureCache(tmp_path / "features", progress=False)
+    ev = Evaluator(tiny_backbone, split, cache)
+    config = OTIConfig(steps=3, top_k=2)
+    tokens = oti_reference_tokens(ev, bank, config, progress=False)
+    assert tokens.shape == (len(split.queries), tiny_backbone.hidden_size)
+    assert set(ev.evaluate("phi", pseudo_tokens=tokens).metrics) >= {"R@1", "R@5"}
+    import zscir.training.oti as oti
+
+    # the path-based helper finds the same default store: nothing is inverted again
+    monkeypatch.setattr(oti, "_invert_batch", lambda *a: pytest.fail("tokens should come from the store"))
+    refs = [q.reference for q in split.queries]
+    again = oti_pseudo_tokens(tiny_backbone, split.images, refs, bank, config, cache=cache, progress=False)
+    assert torch.equal(again, tokens)
+
+
 # ---- Phi distillation ---------------------------------------------------------------------------
 
 

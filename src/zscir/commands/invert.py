@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from zscir.errors import DataError
     from zscir.models.backbone import Backbone
     from zscir.retrieval.features import FeatureCache
-    from zscir.training.oti import META_NAME, OTIConfig, TokenStore, invert_to_store
+    from zscir.training.oti import META_NAME, OTIConfig, TokenStore, features_key, invert_to_store
 
     config = OTIConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
                        phrase_weight=args.phrase_weight, top_k=args.top_k, template=args.template, seed=args.seed,
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     names = list(images)
     done_before = set(TokenStore(out).index()) if (out / META_NAME).is_file() else set()
     store = invert_to_store(backbone, names, feats.features, bank, config, out, args.chunk_size,
-                            features_key=feats.key)
+                            features_key=features_key(backbone, pad))
     print(f"OTI: {len(names)} images, {sum(n not in done_before for n in names)} inverted now, "
           f"{len(store.index())} tokens in {out}")
     return 0

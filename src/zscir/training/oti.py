@@ -277,7 +277,7 @@ class TokenStore:
         if meta_path.is_file():
             found = read_json(meta_path)
             if found != meta:
-                diff = sorted(k for k in set(found) | set(meta) if found.get(k) != meta.get(k))
+                diff = _differences(found, meta)
                 raise ZscirError(f"{self.folder} holds OTI tokens made with other settings (differs in {diff}); "
                                  "use another output folder or delete it")
         else:
@@ -346,6 +346,18 @@ class TokenStore:
         return names, torch.cat(embeds), torch.cat(tokens)
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x!r} → {y!r}")
+    return out
+
+
 def store_meta(backbone, bank: ConceptBank | None, config: OTIConfig, features_key: str | None = None) -> dict:
     """The settings OTI tokens depend on (the `TokenStore` guard)."""
     return {"oti": config.result_key(), "text_fingerprint": backbone.text_fingerprint(),
@@ -385,12 +397,51 @@ def invert_to_store(backbone, names: Sequence[str], image_embeds: torch.Tensor, 
     return store
 
 
-def default_oti_dir(backbone, bank: ConceptBank | None, config: OTIConfig, features_key: str) -> Path:
-    """`{cache}/oti/{hash of the settings}`: where `oti_pseudo_tokens` keeps tokens by default."""
+def features_key(backbone, pad_to_ratio: float | None) -> str:
+    """What the image embeddings of a store depend on besides the image itself: vision weights + preprocessing."""
+    from zscir.retrieval.features import hash_parts
+
+    return hash_parts(backbone.vision_fingerprint(), {"pad_to_ratio": pad_to_ratio})
+
+
+def default_oti_dir(backbone, bank: ConceptBank | None, config: OTIConfig, pad_to_ratio: float | None = None) -> Path:
+    """`{cache}/oti/{hash of the settings}`: where the SEARLE-OTI helpers keep tokens by default."""
     from zscir.registry import default_cache_dir
     from zscir.retrieval.features import hash_parts
 
-    return default_cache_dir() / "oti" / hash_parts(store_meta(backbone, bank, config, features_key))
+    meta = store_meta(backbone, bank, config, features_key(backbone, pad_to_ratio))
+    return default_cache_dir() / "oti" / hash_parts(meta)
+
+
+def oti_tokens_for(backbone, names: Sequence[str], features, bank: ConceptBank | None,
+                   config: OTIConfig | None = None, folder: str | os.PathLike | None = None,
+                   pad_to_ratio: float | None = None, chunk_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """Pseudo tokens of named images whose embeddings are already computed; each image is inverted once.
+
+    Args:
+        backbone: a `Backbone`.
+        names: images to return tokens for (repeats allowed).
+        features: an `ImageFeatures` holding them (e.g. `Evaluator.features()`); failed images are refused.
+        bank / config: as in `invert_images`.
+        folder: TokenStore folder; default `default_oti_dir(...)` (under the zscir cache), shared by every
+            image list with the same backbone, preprocessing and settings (tokens are keyed by image name).
+        pad_to_ratio: the preprocessing the features were computed with (part of the store's key).
+    Returns:
+        [len(names), H] float32 EMA tokens in the order of `names`.
+    Raises:
+        DataError: a name without features, or whose image failed to encode.
+    """
+    config = config or OTIConfig()
+    unique = list(dict.fromkeys(names))
+    failed = [n for n in unique if n in features.failed]
+    if failed:
+        raise DataError(f"{len(failed)} image(s) to invert could not be encoded, e.g. {failed[0]}: "
+                        f"{features.failed[failed[0]]}")
+    embeds = features.lookup(unique)
+    key = features_key(backbone, pad_to_ratio)
+    folder = folder if folder is not None else default_oti_dir(backbone, bank, config, pad_to_ratio)
+    store = invert_to_store(backbone, unique, embeds, bank, config, folder, chunk_size, progress, key)
+    return store.lookup(list(names))
 
 
 def oti_pseudo_tokens(backbone, images: Mapping[str, os.PathLike], names: Sequence[str],
@@ -408,7 +459,7 @@ def oti_pseudo_tokens(backbone, images: Mapping[str, os.PathLike], names: Sequen
         names: images to return tokens for (repeats allowed; each is inverted once).
         bank: concepts and phrases (see `ConceptBank.build`).
         config: OTIConfig.
-        folder: TokenStore folder; default `default_oti_dir(...)` (under the zscir cache).
+        folder: TokenStore folder (default: see `oti_tokens_for`).
         cache: a `FeatureCache` for the image embeddings (default: the standard one).
         pad_to_ratio: SEARLE target pad (e.g. 1.25) or None.
     Returns:
@@ -418,18 +469,24 @@ def oti_pseudo_tokens(backbone, images: Mapping[str, os.PathLike], names: Sequen
     """
     from zscir.retrieval.features import FeatureCache
 
-    config = config or OTIConfig()
     unique = list(dict.fromkeys(names))
     missing = [n for n in unique if n not in images]
     if missing:
         raise DataError(f"{len(missing)} image(s) to invert are not in the image table, e.g. {missing[:3]}")
     cache = cache if cache is not None else FeatureCache(progress=progress)
     feats = cache.image_features(backbone, {n: images[n] for n in unique}, pad_to_ratio, desc="OTI image features")
-    if feats.failed:
-        name, reason = next(iter(feats.failed.items()))
-        raise DataError(f"{len(feats.failed)} image(s) could not be encoded for OTI, e.g. {name}: {reason}")
-    key = feats.key or FeatureCache.image_key(backbone.vision_fingerprint(), {n: images[n] for n in unique},
-                                              pad_to_ratio)
-    folder = folder if folder is not None else default_oti_dir(backbone, bank, config, key)
-    store = invert_to_store(backbone, unique, feats.features, bank, config, folder, chunk_size, progress, key)
-    return store.lookup(list(names))
+    return oti_tokens_for(backbone, names, feats, bank, config, folder, pad_to_ratio, chunk_size, progress)
+
+
+def oti_reference_tokens(evaluator, bank: ConceptBank | None, config: OTIConfig | None = None,
+                         folder: str | os.PathLike | None = None, progress: bool = True) -> torch.Tensor:
+    """SEARLE-OTI tokens of an `Evaluator`'s active queries' reference images (its cached features reused).
+
+    Use: `ev.evaluate("phi", pseudo_tokens=oti_reference_tokens(ev, bank))`.
+
+    Returns:
+        [Q, H] float32 EMA tokens, rows = `evaluator.split.queries`.
+    """
+    refs = [q.reference for q in evaluator.split.queries]
+    return oti_tokens_for(evaluator.backbone, refs, evaluator.features(), bank, config, folder,
+                          evaluator.pad_to_ratio, progress=progress)
