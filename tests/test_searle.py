@@ -337,3 +337,14 @@ def test_distillation_learns_validates_and_saves_both_formats(tiny_backbone, ban
     published = load_inversion_network(tmp_path / "run" / "best" / "phi.pt")
     for (name, a), (_, b) in zip(phi.state_dict().items(), published.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_distill_from_an_invert_folder(tiny_backbone, bank, tmp_path):
+    from zscir.training.searle import distill_from_store
+
+    embeds = _embeds(8, tiny_backbone.projection_dim, seed=10)
+    invert_to_store(tiny_backbone, [f"i{k}" for k in range(8)], embeds, bank, OTIConfig(steps=2, top_k=2),
+                    tmp_path / "tok", progress=False)
+    phi = distill_from_store(tiny_backbone, tmp_path / "tok", bank, _distill_config(tmp_path / "run", 2))
+    assert phi(embeds).shape == (8, tiny_backbone.hidden_size)
+    assert (tmp_path / "run" / "final" / "phi.pt").is_file()

@@ -190,3 +190,26 @@ def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank
                              config.temperature, config.phrase_weight, config.top_k, validate)
     result = train(task, config)
     return load_inversion_network(result.best_dir or result.final_dir)
+
+
+def distill_from_store(backbone, token_folder: str | Path, bank: ConceptBank | None,
+                       config: SearleConfig | None = None, validate: Callable[[Phi], dict] | None = None) -> Phi:
+    """`distill_phi` on the (image embedding, OTI token) pairs of a `zscir invert` output folder.
+
+    Refuses tokens made with another text tower (their meaning is tied to it).
+
+    Args:
+        backbone: the frozen `Backbone` the tokens were inverted with.
+        token_folder: a `TokenStore` folder.
+        bank / config / validate: as in `distill_phi`.
+    Returns:
+        The distilled Phi (best by validation, else final).
+    """
+    from zscir.training.oti import TokenStore
+
+    store = TokenStore(token_folder)
+    if store.meta.get("text_fingerprint") != backbone.text_fingerprint():
+        raise ZscirError(f"{token_folder}: the OTI tokens were made with another text tower than "
+                         f"{backbone.name!r}; invert with this backbone first")
+    _, embeds, tokens = store.pairs()
+    return distill_phi(backbone, embeds, tokens, bank, config, validate=validate)
