@@ -186,6 +186,7 @@ def evaluate_cig(splits: Sequence, backbone, phi: torch.nn.Module, cache, evalua
         report(f"alpha sweep on {', '.join(ev.split.name for ev in evaluators)}:\n{format_sweep(table)}")
         first = next(iter(next(iter(table.values())).values()))
         metric = next(iter(first))
-        best = max(table, key=lambda a: table[a].get("mean", next(iter(table[a].values())))[metric])
+        # ties go to the larger α (closer to plain Phi retrieval)
+        best = max(table, key=lambda a: (table[a].get("mean", next(iter(table[a].values())))[metric], a))
         report(f"best alpha by {metric}: {best:.2f} (choose on val, apply to test)")
     return {ev.split.name: evaluate_fused(ev, q, alpha) for ev, q in zip(evaluators, queries)}
