@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="folder for metrics.json and config.json "
                         "(default: runs/evaluate/<dataset>-<split>-<method>)")
+    cig = parser.add_argument_group("CIG pseudo targets (method phi; see zscir.generation.fusion)")
+    cig.add_argument("--pseudo-targets", default=None, metavar="DIR",
+                     help="folder written by `zscir generate`: fuse each query with its pseudo target's query")
+    cig.add_argument("--alpha", type=float, default=0.85,  # = zscir.generation.fusion.DEFAULT_ALPHA (light --help)
+                     help="weight of the reference query: q = norm(a*f_ref + (1-a)*f_gen) (default 0.85; 1 = plain)")
+    cig.add_argument("--alpha-sweep", type=float, nargs="*", default=None, metavar="A",
+                     help="also print metrics for each alpha (no values: 0.50..1.00 by 0.05); choose on val")
 
 
 def load_models(args: argparse.Namespace):
@@ -74,6 +81,15 @@ def evaluate_from_args(args: argparse.Namespace):
     cache = FeatureCache(args.cache_dir, enabled=not args.no_cache)
     options = dict(pad_to_ratio=1.25 if args.target_pad else None, circo_text=args.circo_text,
                    skip_missing=args.skip_missing, batch_size=args.batch_size)
+    if getattr(args, "pseudo_targets", None):
+        from zscir.errors import ZscirError
+        from zscir.generation.fusion import DEFAULT_SWEEP, evaluate_cig
+
+        if args.method != "phi":
+            raise ZscirError("--pseudo-targets needs --method phi (the pseudo target is inverted by the same Phi)")
+        sweep = None if args.alpha_sweep is None else (args.alpha_sweep or DEFAULT_SWEEP)
+        return evaluate_cig(splits, backbone, phi, cache, options, args.pseudo_targets, args.alpha, sweep,
+                            template=args.template)
     return evaluate_splits(backbone, splits, args.method, cache, options, phi=phi, template=args.template)
 
 
