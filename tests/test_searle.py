@@ -178,6 +178,7 @@ def test_ema_token_is_the_output_and_the_saved_token(tiny_backbone, bank, tmp_pa
     assert torch.allclose(result.tokens, ema, atol=1e-6)
     assert torch.equal(result.last, raw[-1])
     assert (result.tokens - result.last).abs().max() > 1e-3
+    assert all(p.grad is None for p in tiny_backbone.text.parameters())  # only the tokens were optimised
     store = invert_to_store(tiny_backbone, ["a", "b"], embeds, bank, config, tmp_path / "tok", progress=False)
     assert torch.allclose(store.lookup(["b", "a"]), ema[[1, 0]], atol=1e-6)
 
