@@ -388,6 +388,16 @@ def test_generate_command_on_a_cirr_layout(tmp_path, tiny_clip_dir, sdxl_dir, se
     assert "generated 2" in capsys.readouterr().out
     assert main(argv) == 0
     assert json.loads((out / "manifest.json").read_text())["counts"]["skipped"] == 2
+
+    # evaluate with the pseudo targets: α = 1 gives exactly the plain Phi metrics
+    common = ["evaluate", "--dataset", "cirr", "--root", str(root), "--backbone", str(tiny_clip_dir), "--phi",
+              str(tmp_path / "phi1"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--out", str(tmp_path / "cig"), "--pseudo-targets", str(out), "--alpha", "1",
+                          "--alpha-sweep", "0.5", "1"]) == 0
+    assert "alpha 0.50" in capsys.readouterr().out
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in ("plain", "cig")]
+    assert metrics[0] == metrics[1]
     # tower 1 twice: 32 + 32 ≠ 80 → one clear line, exit code 2
     bad = argv[:argv.index("--backbone-2")] + argv[argv.index("--generator"):]
     assert main(bad) == 2
