@@ -16,7 +16,7 @@ DEFAULT_GENERATOR = "stabilityai/stable-diffusion-xl-base-1.0"
 
 def add_arguments(parser) -> None:
     """Options of `zscir generate`."""
-    from zscir.generation.cig import SCHEDULERS, GenerationConfig
+    from zscir.generation.options import SCHEDULERS, GenerationConfig
 
     d = GenerationConfig()
     data = parser.add_argument_group("data")

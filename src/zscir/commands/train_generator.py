@@ -17,7 +17,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def add_arguments(parser) -> None:
     """Options of `zscir train-generator`."""
     from zscir.training.config import add_config_arguments
-    from zscir.training.generator import GeneratorTrainConfig
+    from zscir.training.generator_config import GeneratorTrainConfig
 
     data = parser.add_argument_group("training images (a folder, or every image of a benchmark split)")
     data.add_argument("--images", help="folder of training images (searched recursively)")
@@ -67,7 +67,8 @@ def run(args) -> int:
 
     from zscir.commands.generate import build_conditioner
     from zscir.training.config import config_from_args
-    from zscir.training.generator import GeneratorTrainConfig, train_generator
+    from zscir.training.generator import train_generator
+    from zscir.training.generator_config import GeneratorTrainConfig
 
     config = config_from_args(GeneratorTrainConfig, args)
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
