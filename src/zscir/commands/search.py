@@ -1,0 +1,49 @@
+"""`zscir search`: ranked images of an index for a reference image + modifying text."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Search an index built by `zscir index` with a reference image and a modifying text."
+METHOD_NAMES = ("phi", "image", "text", "sum")  # = zscir.evaluation.runner.METHODS (kept light for --help)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("--index", required=True, help="index folder written by `zscir index`")
+    parser.add_argument("--image", default=None, help="reference image file (not needed by --method text)")
+    parser.add_argument("--text", default=None, help="modifying text, e.g. 'is red and has two dogs'")
+    parser.add_argument("--method", choices=METHOD_NAMES, default="phi", help="how the query is built (default phi)")
+    parser.add_argument("--phi", default=None, help="inversion network (SEARLE/LinCIR/Pic2Word file or zscir folder)")
+    parser.add_argument("--text-encoder", default=None, help="fine-tuned text tower (RTD .pt or HF folder)")
+    parser.add_argument("--template", default=None, help="prompt template of --method phi (name or text with $)")
+    parser.add_argument("-k", type=int, default=10, help="number of results")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the ranked hits (rank, score, path) or JSON. Returns 0."""
+    import json
+
+    from zscir.errors import ZscirError
+    from zscir.search.service import check_caption, load_service, open_reference
+
+    if args.method == "phi" and not args.phi:
+        raise ZscirError("--method phi needs --phi PATH (an inversion network); or use --method image, text or sum")
+    if args.method != "text" and not args.image:
+        raise ZscirError(f"--method {args.method} needs --image REF")
+    # bad input fails here, before any model is loaded
+    reference = open_reference(args.image) if args.method != "text" else None
+    if args.method != "image":
+        check_caption(args.text)
+    service = load_service(args.index, phi=args.phi if args.method == "phi" else None,
+                           text_encoder=args.text_encoder, template=args.template, device=args.device)
+    hits = service.search(reference, args.text, method=args.method, k=args.k)
+    if args.json:
+        print(json.dumps({"index": str(service.index_dir), "method": args.method, "image": args.image,
+                          "text": args.text, "hits": [h.to_dict() for h in hits]}, indent=2))
+    else:
+        for hit in hits:
+            print(f"{hit.rank:>4}  {hit.score:+.4f}  {hit.path}")
+    return 0

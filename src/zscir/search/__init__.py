@@ -1,0 +1,1 @@
+"""Search your own images: index a folder (`indexer`), query it with image + text (`service`)."""
