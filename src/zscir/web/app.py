@@ -91,7 +91,7 @@ def _page(searcher: _Searcher, examples: int = 8, k_default: int = 10):
                 return f"{BAD_UPLOAD_PREFIX}{type(exc).__name__}"
 
     info = service.describe()
-    methods = service.methods
+    methods = sorted(service.methods, key=lambda m: list(METHOD_LABELS).index(m) if m in METHOD_LABELS else 99)
     default_method = "phi" if "phi" in methods else "sum"
     notes = []
     if not info["phi"]:
