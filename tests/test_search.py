@@ -329,3 +329,61 @@ def test_default_serve_without_world_says_run_demo(tmp_path, monkeypatch):
     with pytest.raises(ZscirError, match="run `zscir demo` first"):
         ensure_world_index(progress=False)
     assert not os.path.exists(tmp_path / "cache" / "indexes")
+
+
+# ---- CIG pseudo targets -----------------------------------------------------------------------------
+def test_pseudo_target_is_fused_like_the_definition(gallery, tiny_backbone, phi_dir, tmp_path):
+    """q = normalize(α·f_ref + (1−α)·f_gen) with f_gen composed from Phi(generated image) (METHODS.md §5)."""
+    from zscir.compose import compose_queries
+    from zscir.data.images import load_image
+    from zscir.models.phi import load_inversion_network
+    from zscir.search.service import SearchService
+
+    out = tmp_path / "idx"
+    _index(gallery, tiny_backbone, out)
+    generated = load_image(gallery / "g.jpeg")
+    calls = []
+
+    def generator(reference, caption):
+        calls.append(caption)
+        return generated
+
+    alpha = 0.6
+    service = SearchService(out, phi=phi_dir, backbone=tiny_backbone, generator=generator, alpha=alpha)
+    ref = gallery / "a.png"
+    result = service.run(ref, CAPTION, "phi", k=7)
+    assert calls == [CAPTION] and result.pseudo_target is generated
+    phi = load_inversion_network(phi_dir)
+    with torch.no_grad():
+        f_ref = compose_queries(tiny_backbone, phi(tiny_backbone.encode_image([load_image(ref)])), [(CAPTION,)])
+        f_gen = compose_queries(tiny_backbone, phi(tiny_backbone.encode_image([generated])), [(CAPTION,)])
+    query = alpha * f_ref + (1 - alpha) * f_gen
+    query = query / query.norm()
+    names, scores = _brute_force(tiny_backbone, gallery, service.ids, query)
+    assert [h.relpath for h in result.hits] == names
+    torch.testing.assert_close(torch.tensor([h.score for h in result.hits]), torch.tensor(scores), atol=1e-4, rtol=0)
+    # a generator that gives up (every render dark) leaves the plain Phi query
+    service.generator = lambda reference, caption: None
+    plain = SearchService(out, phi=phi_dir, backbone=tiny_backbone)
+    assert [h.relpath for h in service.search(ref, CAPTION, "phi", 7)] == \
+        [h.relpath for h in plain.search(ref, CAPTION, "phi", 7)]
+
+
+def test_cig_generator_on_a_tiny_sdxl(gallery, tiny_backbone, tiny_clip_dir, phi_dir, tmp_path):
+    pytest.importorskip("diffusers")
+    from zscir.generation.cig import load_generator
+    from zscir.generation.conditioning import ComposedConditioner
+    from zscir.generation.options import GenerationConfig
+    from zscir.generation.tiny import build_tiny_sdxl
+    from zscir.models.phi import load_inversion_network
+    from zscir.search.service import SearchService, cig_generator
+
+    _index(gallery, tiny_backbone, tmp_path / "idx")
+    phi = load_inversion_network(phi_dir)
+    pipe = load_generator(build_tiny_sdxl(tiny_clip_dir, None, tmp_path / "sdxl"))
+    conditioner = ComposedConditioner(tiny_backbone, phi, tiny_backbone, phi)
+    generate = cig_generator(pipe, conditioner, GenerationConfig(steps=2, height=32, width=32, dark_threshold=-1))
+    service = SearchService(tmp_path / "idx", phi=phi, backbone=tiny_backbone, generator=generate)
+    result = service.run(gallery / "a.png", CAPTION, "phi", k=3)
+    assert result.pseudo_target is not None and result.pseudo_target.size == (32, 32)
+    assert len(result.hits) == 3

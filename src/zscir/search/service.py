@@ -222,9 +222,12 @@ class SearchService:
         pseudo_target = None
         if self.generator is not None and spec.needs_phi:
             pseudo_target = self.generator(reference, caption)
-            generated = pseudo_tokens_of(self.phi, self.backbone.encode_image([pseudo_target]), self.backbone.device)
-            q_gen = spec.build(QueryInputs(self.backbone, features, [(caption,)], self.phi, generated, self.template))
-            query = fuse_queries(query, q_gen, self.alpha)
+            if pseudo_target is not None:  # None: every render was dark, keep the reference query (α = 1)
+                gen_features = self.backbone.encode_image([pseudo_target])
+                tokens = pseudo_tokens_of(self.phi, gen_features, self.backbone.device)
+                q_gen = spec.build(QueryInputs(self.backbone, features, [(caption,)], self.phi, tokens,
+                                               self.template))
+                query = fuse_queries(query, q_gen, self.alpha)
         return query, pseudo_target
 
     def run(self, image, text: str | None, method: str = "phi", k: int = 10) -> SearchResult:
@@ -261,6 +264,31 @@ class SearchService:
                 "backbone": self.manifest["backbone"], "backend": self.manifest["backend"],
                 "methods": self.methods, "phi": self.phi is not None,
                 "text_encoder": self.text_encoder_path, "generator": self.generator is not None}
+
+
+def cig_generator(pipe, conditioner, config=None) -> PseudoTargetGenerator:
+    """Wrap an SDXL pipeline + composed conditioner as a pseudo-target generator for `SearchService`.
+
+    Args:
+        pipe: from `zscir.generation.cig.load_generator`.
+        conditioner: a `zscir.generation.conditioning.ComposedConditioner` (checked against the UNet).
+        config: `zscir.generation.options.GenerationConfig` (steps, guidance, size, seed, dark retries).
+    Returns:
+        `generate(reference PIL, caption) -> PIL or None`; None when every retry was dark (the search
+        then uses the reference query alone, i.e. α = 1).
+    """
+    from zscir.generation.cig import render_with_retries
+    from zscir.generation.options import GenerationConfig
+
+    config = config or GenerationConfig()
+    conditioner.check_unet(pipe.unet.config)
+
+    def generate(reference, caption: str):
+        cond = conditioner.for_queries([reference], [(caption,)])
+        image, _ = render_with_retries(pipe, cond, [config.seed], config)[0]
+        return image
+
+    return generate
 
 
 def load_service(index_dir: str | os.PathLike, phi: str | None = None, text_encoder: str | None = None,
