@@ -349,3 +349,31 @@ def test_distill_from_an_invert_folder(tiny_backbone, bank, tmp_path):
     phi = distill_from_store(tiny_backbone, tmp_path / "tok", bank, _distill_config(tmp_path / "run", 2))
     assert phi(embeds).shape == (8, tiny_backbone.hidden_size)
     assert (tmp_path / "run" / "final" / "phi.pt").is_file()
+
+
+def test_train_phi_searle_argument_glue(tiny_backbone, tmp_path):
+    import argparse
+    import json
+
+    from zscir.training.config import add_config_arguments
+    from zscir.training.phi import LinCIRConfig
+    from zscir.training.searle import add_searle_arguments, train_searle_from_args
+
+    (tmp_path / "concepts.txt").write_text("\n".join(PHRASES) + "\n")
+    (tmp_path / "phrases.json").write_text(json.dumps(PHRASES))
+    embeds = _embeds(8, tiny_backbone.projection_dim, seed=11)
+    invert_to_store(tiny_backbone, [f"i{k}" for k in range(8)], embeds, None, OTIConfig(steps=2, phrase_weight=0),
+                    tmp_path / "tok", progress=False)
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, LinCIRConfig)  # train-phi's shared flags (LinCIR's config)
+    add_searle_arguments(parser)
+    args = parser.parse_args(["--tokens", str(tmp_path / "tok"), "--concepts", str(tmp_path / "concepts.txt"),
+                              "--phrases", str(tmp_path / "phrases.json"), "--top-k", "2", "--max-steps", "2",
+                              "--batch-size", "4", "--output-dir", str(tmp_path / "run"), "--no-tensorboard",
+                              "--no-progress"])
+    phi = train_searle_from_args(args, tiny_backbone)
+    assert phi(embeds).shape == (8, tiny_backbone.hidden_size)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["top_k"] == 2 and saved["temperature"] == 0.25 and saved["phrase_weight"] == 0.75
+    assert saved["max_steps"] == 2 and saved["lr"] == 1e-4 and "noise_scale" not in saved
+    assert json.loads((tmp_path / "tok" / "phrases.json").read_text()) == PHRASES  # kept beside the tokens

@@ -213,3 +213,49 @@ def distill_from_store(backbone, token_folder: str | Path, bank: ConceptBank | N
                          f"{backbone.name!r}; invert with this backbone first")
     _, embeds, tokens = store.pairs()
     return distill_phi(backbone, embeds, tokens, bank, config, validate=validate)
+
+
+# ---------------------------------------------------------------------------------------------
+# `zscir train-phi --method searle` glue (the command module owns the shared options)
+
+
+def add_searle_arguments(parser) -> None:
+    """Options of `train-phi --method searle`: the OTI token folder, the recipe's own fields, concepts/phrases.
+
+    The recipe flags write `cfg_<field>` like `zscir.training.config.add_config_arguments`, so
+    `config_from_args(SearleConfig, args)` reads them together with the shared loop flags.
+    """
+    from zscir.commands.invert import add_concept_arguments
+
+    group = parser.add_argument_group("SEARLE distillation (--method searle)")
+    group.add_argument("--tokens", default=None, help="OTI token folder written by `zscir invert` (training pairs)")
+    existing = {option for action in parser._actions for option in action.option_strings}
+    for name, text in (("temperature", "contrastive τ"), ("phrase_weight", "phrase loss λ"),
+                       ("top_k", "concepts per image"), ("dropout", "Phi dropout"), ("hidden_dim", "Phi width")):
+        flag = "--" + name.replace("_", "-")
+        if flag not in existing:  # train-phi's shared config flags may already hold it
+            default = SearleConfig.__dataclass_fields__[name].default
+            group.add_argument(flag, dest=f"cfg_{name}", default=None, help=f"{text} (searle default {default})")
+    add_concept_arguments(parser)
+
+
+def train_searle_from_args(args, backbone, validate: Callable[[Phi], dict] | None = None) -> Phi:
+    """Run SEARLE distillation from parsed `train-phi` arguments.
+
+    Args:
+        args: parsed arguments holding `add_searle_arguments`' options and the loop's `cfg_*` flags.
+        backbone: the loaded frozen `Backbone`.
+        validate: optional Phi -> metrics callback (e.g. a `CIRValidator`).
+    Returns:
+        The distilled Phi (also in `output_dir/best` or `final`, both formats).
+    """
+    from zscir.commands.invert import concept_bank_from_args
+    from zscir.training.config import config_from_args
+
+    if not getattr(args, "tokens", None):
+        raise ZscirError("--method searle needs --tokens FOLDER (run `zscir invert ... --out FOLDER` first)")
+    config = config_from_args(SearleConfig, args)
+    bank = None
+    if config.phrase_weight > 0:
+        bank = concept_bank_from_args(backbone, args, save_to=Path(args.tokens) / "phrases.json")
+    return distill_from_store(backbone, args.tokens, bank, config, validate)
