@@ -21,7 +21,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-pad", action="store_true", help="SEARLE's target-pad preprocessing (ratio 1.25)")
     parser.add_argument("--circo-text", choices=("caption", "concept"), default="caption",
                         help="CIRCO query text: the caption, or 'find {shared_concept} but {caption}'")
-    parser.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all three)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="evaluate without missing/undecodable images (reports how many queries were dropped)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (text: 4x)")
@@ -35,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("--dataset", required=True, choices=("cirr", "fashioniq", "circo"))
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all three)")
     add_model_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="folder for metrics.json and config.json "
@@ -76,7 +76,7 @@ def evaluate_from_args(args: argparse.Namespace):
     from zscir.evaluation.runner import evaluate_splits
     from zscir.retrieval.features import FeatureCache
 
-    splits = load_benchmark(args.dataset, args.root, args.split, categories=args.categories)
+    splits = load_benchmark(args.dataset, args.root, args.split, categories=getattr(args, "categories", None))
     backbone, phi = load_models(args)
     cache = FeatureCache(args.cache_dir, enabled=not args.no_cache)
     options = dict(pad_to_ratio=1.25 if args.target_pad else None, circo_text=args.circo_text,
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from zscir.utils.io import write_json_atomic
 
     out = Path(args.out or f"runs/evaluate/{args.dataset}-{args.split}-{args.method}")
+    (out / "metrics.json").unlink(missing_ok=True)  # never leave an older run's metrics beside this config
     write_json_atomic(out / "config.json", resolved_config(args))
     results = evaluate_from_args(args)
     table = summary_metrics(results)

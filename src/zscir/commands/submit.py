@@ -28,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from zscir.evaluation.submission import write_submission
     from zscir.utils.io import write_json_atomic
 
-    args.categories = None
     out = Path(args.out or f"runs/submit/{args.dataset}-{args.split}-{args.method}")
     write_json_atomic(out / "config.json", resolved_config(args))
     results = evaluate_from_args(args)

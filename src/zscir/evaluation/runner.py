@@ -207,11 +207,12 @@ class Evaluator:
             if not self.skip_missing:
                 self._fail_fast([split.images[n] for n in names])
             images = {n: split.images[n] for n in names}
-            self._features = self.cache.image_features(self.backbone, images, self.pad_to_ratio,
-                                                       self.batch_size, desc=f"{split.name} images")
-            if self._features.failed and not self.skip_missing:
-                raise DataError(f"{split.name}: {failure_summary(self._features.failed)}; "
+            features = self.cache.image_features(self.backbone, images, self.pad_to_ratio, self.batch_size,
+                                                 desc=f"{split.name} images")
+            if features.failed and not self.skip_missing:
+                raise DataError(f"{split.name}: {failure_summary(features.failed)}; "
                                 "fix them or pass --skip-missing to evaluate the rest")
+            self._features = features
         return self._features
 
     def _fail_fast(self, paths) -> None:
