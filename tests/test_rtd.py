@@ -177,3 +177,30 @@ def test_read_triplets_skips_bad_records(tmp_path):
     path.write_text("\n".join([json.dumps(good)] * 3 + ["{broken"] * 2))
     with pytest.raises(DataError, match="bad"):
         read_triplets(path)
+
+
+def test_cli_train_phi_then_train_rtd(tiny_clip_dir, tmp_path, capsys):
+    from zscir.cli import main
+    from zscir.models.phi import load_inversion_network
+
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("\n".join(["a red circle on a white background", "a small blue square", "a green star"] * 3))
+    def common(steps=2):
+        return ["--backbone", str(tiny_clip_dir), "--batch-size", "4", "--max-steps", str(steps), "--no-progress",
+                "--cpu"]
+
+    assert main(["train-phi", "--corpus", str(corpus), "--output-dir", str(tmp_path / "phi"), *common()]) == 0
+    assert load_inversion_network(tmp_path / "phi" / "final" / "phi.pt").config["output_dim"] == 32
+    triplets = tmp_path / "t.jsonl"
+    triplets.write_text("\n".join(json.dumps({"reference_caption": t.reference, "conditioning_caption": t.conditioning,
+                                              "target_caption": t.target}) for t in TRIPLETS))
+    args = ["train-rtd", "--triplets", str(triplets), "--phi", str(tmp_path / "phi" / "final"),
+            "--output-dir", str(tmp_path / "rtd"), "--set", "temperature=0.1"]
+    assert main(args + common()) == 0
+    assert json.loads((tmp_path / "rtd" / "config.json").read_text())["temperature"] == 0.1
+    assert (tmp_path / "rtd" / "final" / "rtd_text_encoder.pt").is_file()
+    assert main(args + common()) == 2  # checkpoints exist: refuses to overwrite without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + common(4) + ["--resume"]) == 0  # 2 more steps
+    saved = json.loads((tmp_path / "rtd" / "final" / "metrics.json").read_text())
+    assert saved["step"] == 4

@@ -85,6 +85,66 @@ class TrainConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+@dataclass
+class LinCIRConfig(TrainConfig):
+    """LinCIR recipe (METHODS §2) on top of the loop's knobs.
+
+    Attributes:
+        dropout: Phi's dropout in training.
+        hidden_dim: Phi's hidden width (None = 4P).
+        noise_scale: u ~ U(0, noise_scale) scales the Gaussian noise added to e.
+        fallback_prompt: used when no `$` survives masking + truncation.
+        encode_batch_size: batch size of the one-off frozen-tower encoding.
+        cache_dir: where masked captions and text embeddings are cached (None = output_dir/cache).
+        max_bad_fraction: refuse a corpus with more bad lines than this.
+    """
+
+    output_dir: str = "runs/lincir"
+    max_steps: int = 20000
+    batch_size: int = 512
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    checkpoint_every: int = 1000
+    validate_every: int = 1000
+    dropout: float = 0.5
+    hidden_dim: int | None = None
+    noise_scale: float = 1.0
+    fallback_prompt: str = "a photo of $"
+    encode_batch_size: int = 256
+    cache_dir: str | None = None
+    max_bad_fraction: float = 0.1
+
+
+@dataclass
+class RTDConfig(TrainConfig):
+    """RTD recipe (METHODS §4) on top of the loop's knobs.
+
+    Attributes:
+        temperature: τ of the NT-Xent loss.
+        noise_scale: v = Phi(ψ(T_r) + noise_scale·u·n).
+        template: the query prompt (with `$` and `{caption}`), exactly as at inference.
+        plain_template: the hard-negative prompt ("a photo of $").
+        encode_batch_size: batch size of the one-off frozen encoding.
+        cache_dir: cache of the frozen encodings (None = output_dir/cache).
+        max_bad_fraction: refuse a triplet file with more bad records than this.
+    """
+
+    output_dir: str = "runs/rtd"
+    max_steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    checkpoint_every: int = 500
+    validate_every: int = 100
+    temperature: float = 0.07
+    noise_scale: float = 0.5
+    template: str = "a photo of $ that {caption}"
+    plain_template: str = "a photo of $"
+    encode_batch_size: int = 256
+    cache_dir: str | None = None
+    max_bad_fraction: float = 0.1
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
@@ -187,9 +247,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]
             group.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None,
                                help=f"(default {default})")
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, dest=f"cfg_{name}", nargs="+", default=None, help=f"(default {default})")
+            group.add_argument(flag, dest=f"cfg_{name}", nargs="+", default=None, metavar=name.upper(),
+                               help=f"(default {default})")
         else:
-            group.add_argument(flag, dest=f"cfg_{name}", default=None, help=f"(default {default})")
+            group.add_argument(flag, dest=f"cfg_{name}", default=None, metavar=name.upper(),
+                               help=f"(default {default})")
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,40 +21,10 @@ import torch.nn.functional as F
 
 from zscir.errors import DataError, ZscirError
 from zscir.models.phi import Phi, load_inversion_network, save_pretrained, save_published_phi
-from zscir.training.config import TrainConfig
+from zscir.training.config import LinCIRConfig
 from zscir.training.loop import SkipCounter, TrainTask, train
 
 PUBLISHED_PHI_FILE = "phi.pt"
-
-
-@dataclass
-class LinCIRConfig(TrainConfig):
-    """LinCIR recipe (METHODS §2) on top of the loop's knobs.
-
-    Attributes:
-        dropout: Phi's dropout in training.
-        hidden_dim: Phi's hidden width (None = 4P).
-        noise_scale: u ~ U(0, noise_scale) scales the Gaussian noise added to e.
-        fallback_prompt: used when no `$` survives masking + truncation.
-        encode_batch_size: batch size of the one-off frozen-tower encoding.
-        cache_dir: where masked captions and text embeddings are cached (None = output_dir/cache).
-        max_bad_fraction: refuse a corpus with more bad lines than this.
-    """
-
-    output_dir: str = "runs/lincir"
-    max_steps: int = 20000
-    batch_size: int = 512
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    checkpoint_every: int = 1000
-    validate_every: int = 1000
-    dropout: float = 0.5
-    hidden_dim: int | None = None
-    noise_scale: float = 1.0
-    fallback_prompt: str = "a photo of $"
-    encode_batch_size: int = 256
-    cache_dir: str | None = None
-    max_bad_fraction: float = 0.1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,41 +28,11 @@ import torch.nn.functional as F
 
 from zscir.compose import PromptTemplate
 from zscir.errors import DataError
-from zscir.training.config import TrainConfig
+from zscir.training.config import RTDConfig
 from zscir.training.loop import SkipCounter, TrainTask, train
 
 RTD_FILE = "rtd_text_encoder.pt"
 FIELDS = ("reference_caption", "conditioning_caption", "target_caption")
-
-
-@dataclass
-class RTDConfig(TrainConfig):
-    """RTD recipe (METHODS §4) on top of the loop's knobs.
-
-    Attributes:
-        temperature: τ of the NT-Xent loss.
-        noise_scale: v = Phi(ψ(T_r) + noise_scale·u·n).
-        template: the query prompt (with `$` and `{caption}`), exactly as at inference.
-        plain_template: the hard-negative prompt ("a photo of $").
-        encode_batch_size: batch size of the one-off frozen encoding.
-        cache_dir: cache of the frozen encodings (None = output_dir/cache).
-        max_bad_fraction: refuse a triplet file with more bad records than this.
-    """
-
-    output_dir: str = "runs/rtd"
-    max_steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    checkpoint_every: int = 500
-    validate_every: int = 100
-    temperature: float = 0.07
-    noise_scale: float = 0.5
-    template: str = "a photo of $ that {caption}"
-    plain_template: str = "a photo of $"
-    encode_batch_size: int = 256
-    cache_dir: str | None = None
-    max_bad_fraction: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,46 @@
+"""`zscir train-rtd`: RTD — fine-tune the text encoder for a frozen Phi on text triplets (METHODS.md §4)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Fine-tune the text encoder with RTD on text triplets for a frozen Phi; resumable, multi-GPU."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    from zscir.commands.train_phi import add_validation_arguments
+    from zscir.training.config import RTDConfig, add_config_arguments
+
+    parser.add_argument("--triplets", required=True, help="JSONL (or JSON list) of {reference_caption, "
+                        "conditioning_caption, target_caption}")
+    parser.add_argument("--backbone", required=True, help="registered name, hub id or local CLIP folder")
+    parser.add_argument("--phi", required=True, help="the frozen Phi: {'Phi'} file or zscir folder (LinCIR/SEARLE)")
+    add_validation_arguments(parser)
+    add_config_arguments(parser, RTDConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the triplets, train the text tower, print where it was saved."""
+    import os
+    from pathlib import Path
+
+    from zscir.commands.train_phi import build_validator
+    from zscir.models.backbone import Backbone
+    from zscir.models.phi import check_fits, load_inversion_network
+    from zscir.training.config import config_from_args
+    from zscir.training.rtd import RTD_FILE, RTDConfig, read_triplets, rtd_validator, train_rtd
+
+    config = config_from_args(RTDConfig, args)
+    triplets, summary = read_triplets(args.triplets, config.max_bad_fraction)
+    print(summary)
+    backbone = Backbone.load(args.backbone, load_vision=args.val_dataset is not None)
+    phi = load_inversion_network(args.phi)
+    check_fits(phi, backbone)
+    validator = build_validator(args, backbone, phi=phi)
+    train_rtd(backbone, phi, triplets, config, validate=rtd_validator(validator) if validator else None)
+    best = Path(config.output_dir) / ("best" if validator else "final")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"text encoder saved to {best} (HF folder) and {best / RTD_FILE} (RTD format); "
+              f"use it with `zscir evaluate --text-encoder {best}`")
+    return 0
