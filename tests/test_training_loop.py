@@ -44,6 +44,7 @@ class ToyTask(TrainTask):
 
     def loss(self, model, batch):
         self.calls += 1
+        self.autocast = torch.is_autocast_enabled("cpu")
         x, y = batch
         if self.noise:
             x = x + self.noise * torch.randn_like(x)
@@ -139,6 +140,17 @@ def test_best_by_validation_and_validation_does_not_change_training(tmp_path):
     assert result.best_metrics["step"] == best["step"]
     assert json.loads((result.best_dir / "metrics.json").read_text())["step"] == best["step"]
     assert (result.final_dir / "weights.pt").is_file()
+
+
+def test_bf16_autocast_covers_the_loss_on_cpu(tmp_path):
+    task = ToyTask()
+    train(task, _config(tmp_path, "bf16", max_steps=1, mixed_precision="bf16"))
+    assert task.autocast
+    plain = ToyTask()
+    train(plain, _config(tmp_path, "fp32", max_steps=1))
+    assert not plain.autocast
+    with pytest.raises(Exception, match="fp16 needs a GPU"):
+        train(ToyTask(), _config(tmp_path, "fp16", max_steps=1, mixed_precision="fp16"))
 
 
 def test_config_file_and_overrides(tmp_path):
