@@ -63,9 +63,11 @@ def server(tmp_path_factory, tiny_clip_dir, tiny_size):
     running.stop()
 
 
-def _search(page, url, reference: Path, caption: str, method_label: str):
-    page.goto(url, wait_until="networkidle")
-    page.locator("#reference input[type=file]").set_input_files(str(reference))
+def _search(page, url, reference: Path | None, caption: str, method_label: str):
+    """Upload `reference` (None: keep what is in the reference box), type, pick the method, search, wait."""
+    if reference is not None:
+        page.goto(url, wait_until="networkidle")
+        page.locator("#reference input[type=file]").set_input_files(str(reference))
     page.locator("#caption textarea, #caption input").first.fill(caption)
     page.get_by_label(method_label).check()
     status = page.locator("#status")
@@ -119,4 +121,15 @@ def test_bad_inputs_show_a_message_and_the_page_keeps_working(browser, server):
     assert "no content words" in status
     status = _search(page, server.url, server.root / "gallery" / "red.png", "make it green", "Reference image only")
     assert "8 results" in status and _captions(page)[0].endswith("red.png")
+    page.close()
+
+
+def test_picking_a_gallery_example_fills_the_reference(browser, server):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url, wait_until="networkidle")
+    page.locator("img[src$='/gold.png']").first.click()  # the examples row (no results yet)
+    page.locator("#reference img").first.wait_for(timeout=10_000)
+    status = _search(page, server.url, None, "make it green", "Reference image only")
+    assert "gold.png" in status
+    assert _captions(page)[0].startswith("1. 1.000") and _captions(page)[0].endswith("gold.png")
     page.close()
