@@ -77,18 +77,20 @@ def _page(searcher: _Searcher, examples: int = 8, k_default: int = 10):
     gr = require("gradio", "web")
     service = searcher.service
 
-    class ReferenceImage(gr.Image):
-        """gr.Image whose undecodable uploads reach the handler as a marker (for a clear message) instead of
-        failing inside Gradio's preprocessing with a generic error toast."""
+    def tolerant(component):
+        """Let an undecodable upload reach the handler as a marker (for a clear message) instead of failing
+        inside Gradio's preprocessing with a generic error toast. (An instance attribute, not a subclass:
+        Gradio writes a .pyi file next to the module of every component subclass.)"""
+        original = component.preprocess
 
-        def get_block_name(self) -> str:
-            return "image"  # same front-end component as gr.Image
-
-        def preprocess(self, payload):
+        def preprocess(payload):
             try:
-                return super().preprocess(payload)
+                return original(payload)
             except Exception as exc:  # PIL's UnidentifiedImageError and friends
                 return f"{BAD_UPLOAD_PREFIX}{type(exc).__name__}"
+
+        component.preprocess = preprocess
+        return component
 
     info = service.describe()
     methods = sorted(service.methods, key=lambda m: list(METHOD_LABELS).index(m) if m in METHOD_LABELS else 99)
@@ -127,8 +129,8 @@ def _page(searcher: _Searcher, examples: int = 8, k_default: int = 10):
         gr.Markdown(header)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                reference = ReferenceImage(type="filepath", label="Reference image", sources=["upload", "clipboard"],
-                                           elem_id="reference", height=260)
+                reference = tolerant(gr.Image(type="filepath", label="Reference image",
+                                              sources=["upload", "clipboard"], elem_id="reference", height=260))
                 gallery_examples = service.gallery_paths(examples)
                 if gallery_examples:
                     gr.Examples([[p] for p in gallery_examples], inputs=[reference],
