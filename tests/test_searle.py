@@ -351,27 +351,24 @@ def test_distill_from_an_invert_folder(tiny_backbone, bank, tmp_path):
     assert (tmp_path / "run" / "final" / "phi.pt").is_file()
 
 
-def test_train_phi_searle_argument_glue(tiny_backbone, tmp_path):
-    import argparse
+def test_train_phi_method_searle_through_the_cli(tiny_backbone, tiny_clip_dir, tmp_path):
     import json
 
-    from zscir.training.config import add_config_arguments
-    from zscir.training.phi import LinCIRConfig
-    from zscir.training.searle import add_searle_arguments, train_searle_from_args
+    from zscir.cli import main
+    from zscir.models.phi import load_inversion_network
 
     (tmp_path / "concepts.txt").write_text("\n".join(PHRASES) + "\n")
     (tmp_path / "phrases.json").write_text(json.dumps(PHRASES))
     embeds = _embeds(8, tiny_backbone.projection_dim, seed=11)
     invert_to_store(tiny_backbone, [f"i{k}" for k in range(8)], embeds, None, OTIConfig(steps=2, phrase_weight=0),
                     tmp_path / "tok", progress=False)
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser, LinCIRConfig)  # train-phi's shared flags (LinCIR's config)
-    add_searle_arguments(parser)
-    args = parser.parse_args(["--tokens", str(tmp_path / "tok"), "--concepts", str(tmp_path / "concepts.txt"),
-                              "--phrases", str(tmp_path / "phrases.json"), "--top-k", "2", "--max-steps", "2",
-                              "--batch-size", "4", "--output-dir", str(tmp_path / "run"), "--no-tensorboard",
-                              "--no-progress"])
-    phi = train_searle_from_args(args, tiny_backbone)
+    code = main(["train-phi", "--method", "searle", "--backbone", str(tiny_clip_dir),
+                 "--tokens", str(tmp_path / "tok"),
+                 "--concepts", str(tmp_path / "concepts.txt"), "--phrases", str(tmp_path / "phrases.json"),
+                 "--top-k", "2", "--max-steps", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "run"),
+                 "--no-tensorboard", "--no-progress"])
+    assert code == 0
+    phi = load_inversion_network(tmp_path / "run" / "final")
     assert phi(embeds).shape == (8, tiny_backbone.hidden_size)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["top_k"] == 2 and saved["temperature"] == 0.25 and saved["phrase_weight"] == 0.75

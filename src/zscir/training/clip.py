@@ -31,7 +31,7 @@ class ClipTrainConfig:
     """Recipe for the tiny CLIP (WORLD-NOTES: these settings train in minutes on 2 cores)."""
 
     size: ClipSize = field(default_factory=ClipSize)
-    steps: int = 600
+    steps: int = 700
     batch_size: int = 128
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
@@ -128,7 +128,7 @@ def train_clip(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     out_dir = Path(out_dir)

@@ -145,6 +145,37 @@ class RTDConfig(TrainConfig):
     max_bad_fraction: float = 0.1
 
 
+@dataclass
+class SearleConfig(TrainConfig):
+    """SEARLE distillation recipe on top of the loop's knobs.
+
+    Attributes:
+        temperature: τ of the symmetric contrastive loss between Phi(x) and the OTI tokens.
+        phrase_weight: λ of the concept-phrase loss (0 = contrastive only, no phrases needed).
+        top_k: concepts per image the phrase is drawn from.
+        dropout / hidden_dim: Phi's dropout in training and hidden width (None = 4P).
+    """
+
+    output_dir: str = "runs/searle"
+    max_steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    temperature: float = 0.25
+    phrase_weight: float = 0.75
+    top_k: int = 15
+    dropout: float = 0.5
+    hidden_dim: int | None = None
+
+    def check(self) -> None:
+        """Raise ZscirError naming the first invalid field."""
+        super().check()
+        if self.temperature <= 0 or self.phrase_weight < 0 or self.top_k < 1:
+            raise ZscirError("searle: temperature must be > 0, phrase_weight >= 0, top_k >= 1")
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}

@@ -20,7 +20,6 @@ API:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,41 +28,10 @@ import torch.nn.functional as F
 from zscir.errors import DataError, ZscirError
 from zscir.models.phi import Phi, load_inversion_network, save_pretrained, save_published_phi
 from zscir.training.concepts import ConceptBank
-from zscir.training.config import TrainConfig
+from zscir.training.config import SearleConfig  # noqa: F401  (re-exported: the recipe lives with the others)
 from zscir.training.loop import TrainTask, train
 from zscir.training.oti import encode_trimmed
 from zscir.training.phi import PUBLISHED_PHI_FILE, move_backbone
-
-
-@dataclass
-class SearleConfig(TrainConfig):
-    """SEARLE distillation recipe on top of the loop's knobs.
-
-    Attributes:
-        temperature: τ of the symmetric contrastive loss between Phi(x) and the OTI tokens.
-        phrase_weight: λ of the concept-phrase loss (0 = contrastive only, no phrases needed).
-        top_k: concepts per image the phrase is drawn from.
-        dropout / hidden_dim: Phi's dropout in training and hidden width (None = 4P).
-    """
-
-    output_dir: str = "runs/searle"
-    max_steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    checkpoint_every: int = 500
-    validate_every: int = 500
-    temperature: float = 0.25
-    phrase_weight: float = 0.75
-    top_k: int = 15
-    dropout: float = 0.5
-    hidden_dim: int | None = None
-
-    def check(self) -> None:
-        """Raise ZscirError naming the first invalid field."""
-        super().check()
-        if self.temperature <= 0 or self.phrase_weight < 0 or self.top_k < 1:
-            raise ZscirError("searle: temperature must be > 0, phrase_weight >= 0, top_k >= 1")
 
 
 def contrastive_loss(predicted: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -217,26 +185,6 @@ def distill_from_store(backbone, token_folder: str | Path, bank: ConceptBank | N
 
 # ---------------------------------------------------------------------------------------------
 # `zscir train-phi --method searle` glue (the command module owns the shared options)
-
-
-def add_searle_arguments(parser) -> None:
-    """Options of `train-phi --method searle`: the OTI token folder, the recipe's own fields, concepts/phrases.
-
-    The recipe flags write `cfg_<field>` like `zscir.training.config.add_config_arguments`, so
-    `config_from_args(SearleConfig, args)` reads them together with the shared loop flags.
-    """
-    from zscir.commands.invert import add_concept_arguments
-
-    group = parser.add_argument_group("SEARLE distillation (--method searle)")
-    group.add_argument("--tokens", default=None, help="OTI token folder written by `zscir invert` (training pairs)")
-    existing = {option for action in parser._actions for option in action.option_strings}
-    for name, text in (("temperature", "contrastive τ"), ("phrase_weight", "phrase loss λ"),
-                       ("top_k", "concepts per image"), ("dropout", "Phi dropout"), ("hidden_dim", "Phi width")):
-        flag = "--" + name.replace("_", "-")
-        if flag not in existing:  # train-phi's shared config flags may already hold it
-            default = SearleConfig.__dataclass_fields__[name].default
-            group.add_argument(flag, dest=f"cfg_{name}", default=None, help=f"{text} (searle default {default})")
-    add_concept_arguments(parser)
 
 
 def train_searle_from_args(args, backbone, validate: Callable[[Phi], dict] | None = None) -> Phi:

@@ -1,0 +1,26 @@
+"""`zscir demo`: the whole pipeline on the synthetic world, printing a real metric table."""
+
+HELP = "build the synthetic world, train tiny CLIP / LinCIR / RTD / SEARLE / CIG on the CPU, evaluate, print a table"
+
+
+def add_arguments(parser) -> None:
+    """Options of the demo."""
+    parser.add_argument("--cache-dir", default=None, help="cache root (default: $ZSCIR_CACHE or ~/.cache/zscir)")
+    parser.add_argument("--out", default=None, help="results folder (default: <cache>/demo-results)")
+    parser.add_argument("--fast", action="store_true", help="tiny world and seconds-long trainings (smoke test)")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="STAGE",
+                        help="stages to leave out: baselines lincir rtd searle cig")
+    parser.add_argument("--seed", type=int, default=0, help="world seed")
+
+
+def run(args) -> int:
+    """Run the demo."""
+    from pathlib import Path
+
+    from zscir.demo.pipeline import DemoConfig, run_demo
+    from zscir.registry import default_cache_dir
+
+    config = DemoConfig(cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), fast=args.fast,
+                        skip=tuple(args.skip), out_dir=Path(args.out) if args.out else None, seed=args.seed)
+    run_demo(config)
+    return 0

@@ -1,0 +1,1 @@
+"""`zscir demo`: the whole pipeline on the synthetic world, every stage cached and resumable."""
