@@ -43,7 +43,8 @@ def _run_dir(world_dir: Path, name: str, settings: dict) -> Path:
     marker = run / "demo_settings.json"
     import json
 
-    if run.exists() and (not marker.is_file() or json.loads(marker.read_text()) != settings):
+    wanted = json.loads(json.dumps(settings, sort_keys=True))
+    if run.exists() and (not marker.is_file() or json.loads(marker.read_text()) != wanted):
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(settings, sort_keys=True))

@@ -24,7 +24,9 @@ DONE = "zscir_done.json"
 def stage_done(folder: Path, settings: dict) -> bool:
     """True if `folder` was completed with exactly these settings."""
     marker = folder / DONE
-    return marker.is_file() and json.loads(marker.read_text()).get("settings") == settings
+    # Compare as JSON sees them (tuples become lists on disk).
+    wanted = json.loads(json.dumps(settings, default=str))
+    return marker.is_file() and json.loads(marker.read_text()).get("settings") == wanted
 
 
 def finish_stage(tmp: Path, folder: Path, settings: dict, report: dict) -> None:

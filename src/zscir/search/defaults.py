@@ -1,6 +1,6 @@
 """Offline defaults of the search service: the synthetic world's gallery and tiny models built by `zscir demo`.
 
-    {cache}/world/cirr/dev/            gallery served by `zscir serve` without arguments (CIRR-style val images)
+    {cache}/world/data/cirr/dev/       gallery served by `zscir serve` without arguments (CIRR-style val images)
     {cache}/world/synthetic-clip/      the tiny CLIP (registered backbone `synthetic-clip`)
     {cache}/world/phi/                 the tiny Phi trained on the world (optional: without it the page
                                        offers the image / text / sum methods)
@@ -15,7 +15,7 @@ from pathlib import Path
 from zscir.errors import ZscirError
 
 WORLD_BACKBONE = "synthetic-clip"
-WORLD_GALLERY = ("cirr", "dev")
+WORLD_GALLERY = ("data", "cirr", "dev")
 WORLD_PHI = "phi"
 WORLD_INDEX = "world-cirr-dev"
 
