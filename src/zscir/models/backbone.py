@@ -7,6 +7,7 @@ with explicit device and dtype, and return float32 tensors on the CPU (callers n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,23 @@ def _hub_error(source: str, exc: Exception) -> ModelLoadError:
         "— if this is a hub id, the model hub is unreachable from here (offline or HF_HUB_OFFLINE=1); "
         "download it elsewhere and pass the local folder (save_pretrained format) instead"
     )
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' per-load reports and weight-loading bars (loading one tower from a full CLIP
+    folder lists every key of the other tower as "unexpected", which is expected here)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def fingerprint_module(module: torch.nn.Module) -> str:
@@ -128,10 +146,12 @@ class Backbone:
             raise ModelLoadError(f"{name_or_path!r} has not been built yet (expected at {source}); run `zscir demo`")
         torch_dtype = resolve_dtype(dtype)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            text = CLIPTextModelWithProjection.from_pretrained(source, dtype=torch_dtype) if load_text else None
-            vision = CLIPVisionModelWithProjection.from_pretrained(source, dtype=torch_dtype) if load_vision else None
-            processor = CLIPImageProcessorPil.from_pretrained(source) if load_vision else None
+            with quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                text = CLIPTextModelWithProjection.from_pretrained(source, dtype=torch_dtype) if load_text else None
+                vision_cls = CLIPVisionModelWithProjection
+                vision = vision_cls.from_pretrained(source, dtype=torch_dtype) if load_vision else None
+                processor = CLIPImageProcessorPil.from_pretrained(source) if load_vision else None
         except (OSError, ValueError) as exc:
             raise _hub_error(source, exc) from exc
         for tower in (text, vision):
