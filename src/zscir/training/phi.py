@@ -201,7 +201,22 @@ def move_backbone(backbone, device: torch.device) -> None:
     backbone.device = torch.device(device)
 
 
-class LinCIRTask(TrainTask):
+class PhiTask(TrainTask):
+    """Shared by the tasks that train a Phi (LinCIR, SEARLE distillation): optional validation callback
+    in `self._validate`, and saving in zscir's format plus the published `{'Phi': ...}` file."""
+
+    def can_validate(self) -> bool:
+        return self._validate is not None
+
+    def validate(self, model) -> dict:
+        return self._validate(model)
+
+    def save(self, model, folder: Path) -> None:
+        save_pretrained(model, folder)
+        save_published_phi(model, folder / PUBLISHED_PHI_FILE)
+
+
+class LinCIRTask(PhiTask):
     """Phi trains; the text tower is frozen; batches are (token ids of masked captions, targets e).
 
     Args:
@@ -242,15 +257,6 @@ class LinCIRTask(TrainTask):
         out = encode_with_pseudo_tokens(self.backbone.text, ids, v, self.backbone.pseudo_token_id).text_embeds
         return F.mse_loss(out.float(), e.float())
 
-    def can_validate(self) -> bool:
-        return self._validate is not None
-
-    def validate(self, model) -> dict:
-        return self._validate(model)
-
-    def save(self, model, folder: Path) -> None:
-        save_pretrained(model, folder)
-        save_published_phi(model, folder / PUBLISHED_PHI_FILE)
 
 
 def train_lincir(backbone, captions: Sequence[str], config: LinCIRConfig | None = None,

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from zscir.errors import DataError, ZscirError
-from zscir.models.phi import Phi, load_inversion_network, save_pretrained, save_published_phi
+from zscir.models.phi import Phi, load_inversion_network
 from zscir.training.concepts import ConceptBank
 from zscir.training.config import SearleConfig  # noqa: F401  (re-exported: the recipe lives with the others)
-from zscir.training.loop import TrainTask, train
+from zscir.training.loop import train
 from zscir.training.oti import encode_trimmed
-from zscir.training.phi import PUBLISHED_PHI_FILE, move_backbone
+from zscir.training.phi import PhiTask, move_backbone
 
 
 def contrastive_loss(predicted: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -57,7 +57,7 @@ class _TorchDraws:
         return int(torch.randint(n, (1,)))
 
 
-class SearleDistillTask(TrainTask):
+class SearleDistillTask(PhiTask):
     """Phi trains on (image embedding, OTI token) pairs; the text tower is frozen.
 
     Args:
@@ -112,15 +112,6 @@ class SearleDistillTask(TrainTask):
             loss = loss + self.phrase_weight * phrase
         return loss
 
-    def can_validate(self) -> bool:
-        return self._validate is not None
-
-    def validate(self, model) -> dict:
-        return self._validate(model)
-
-    def save(self, model, folder: Path) -> None:
-        save_pretrained(model, folder)
-        save_published_phi(model, folder / PUBLISHED_PHI_FILE)
 
 
 def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank: ConceptBank | None,
