@@ -88,3 +88,18 @@ def test_synthetic_backbone_not_built_says_how(monkeypatch, tmp_path):
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError, match="zscir demo"):
         Backbone.load("synthetic-clip")
+
+
+def test_composed_encoding_drops_padding_without_changing_the_result(tiny_backbone):
+    from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
+
+    texts = ["a photo of $", "a small blue $ at the top left", "$", "move the star to the middle"]
+    tokens = torch.randn(4, tiny_backbone.hidden_size)
+    ids = tiny_backbone.tokenize(texts)
+    assert int((ids != ids[0, -1]).sum(1).max()) < ids.shape[1] - 2  # there IS padding to drop
+    with torch.no_grad():
+        full = encode_with_pseudo_tokens(tiny_backbone.text, ids, tokens, tiny_backbone.pseudo_token_id).text_embeds
+        trimmed = tiny_backbone.encode_composed(texts, tokens).text_embeds
+        penultimate = tiny_backbone.encode_composed(texts, tokens, return_penultimate=True).penultimate_hidden_states
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+    assert penultimate.shape[1] == tiny_backbone.context_length  # SDXL needs the whole context

@@ -137,17 +137,6 @@ def test_lm_phrases_with_a_tiny_random_gpt2():
 # ---- OTI --------------------------------------------------------------------------------------
 
 
-def test_trimmed_encoding_equals_full_context(tiny_backbone):
-    from zscir.training.oti import encode_trimmed
-
-    texts = ["a photo of $", "a small blue $ at the top left", "$", "move the star to the middle"]
-    tokens = _embeds(4, tiny_backbone.hidden_size, seed=9)
-    ids = tiny_backbone.tokenize(texts)
-    assert int((ids != ids[0, -1]).sum(1).max()) < ids.shape[1] - 2  # there IS padding to drop
-    full = tiny_backbone.encode_composed(texts, tokens).text_embeds
-    assert torch.allclose(encode_trimmed(tiny_backbone, texts, tokens), full, atol=1e-5)
-
-
 def test_oti_lowers_loss_and_is_deterministic(tiny_backbone, bank):
     from PIL import Image
 

@@ -144,7 +144,8 @@ def find_url_files(urls_dir: str | os.PathLike, categories: list[str] | None = N
             found.setdefault(p.name[len("asin2url.") : -len(".txt")], []).append(p)
     if categories is None:
         if not found:
-            raise DataError(f"{urls_dir}: no URL lists found (expected {{category}}.json or asin2url.{{category}}.txt)")
+            expected = "{category}.json or asin2url.{category}.txt"
+            raise DataError(f"{urls_dir}: no URL lists found (expected {expected})")
         return dict(sorted(found.items()))
     missing = [c for c in categories if c not in found]
     if missing:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from zscir.demo.world_models import finish_stage, stage_done, stage_report
+from zscir.demo.world_models import finish_stage, stage_done
 
 
 @dataclass
@@ -84,13 +84,15 @@ def rtd_text_tower(world_dir: Path, backbone, phi, budget: MethodBudget, progres
     from zscir.training.rtd import read_triplets, train_rtd
 
     folder = world_dir / "rtd-text-encoder"
-    settings = {"clip": backbone.text_fingerprint(), "phi": stage_report(world_dir / "phi") if (world_dir / "phi").exists()
-                else None, "steps": budget.rtd_steps, "batch": budget.rtd_batch}
+    from zscir.models.backbone import fingerprint_module
+
+    settings = {"clip": backbone.text_fingerprint(), "phi": fingerprint_module(phi), "steps": budget.rtd_steps,
+                "batch": budget.rtd_batch}
     if stage_done(folder, settings):
         return load_text_tower(folder, like=backbone.text).eval()
     start = time.time()
     triplets, _ = read_triplets(world_dir / "data" / "corpora" / "rtd_triplets.jsonl")
-    run = _run_dir(world_dir, "rtd", {k: v for k, v in settings.items() if k != "phi"})
+    run = _run_dir(world_dir, "rtd", settings)
     config = _train_config(RTDConfig, run, budget.rtd_steps, budget.rtd_batch, progress)
     tower = train_rtd(backbone, phi, triplets, config)
     tmp = world_dir / ".rtd-text-encoder.tmp"

@@ -81,7 +81,8 @@ def query_grid(result, out_path: Path, num_queries: int = 4, top: int = 5, tile:
         tiles = [load_image(split.images[n]) for n in names]
         if extra:
             path = pseudo_targets.get(query.query_id)
-            tiles.append(load_image(path) if path and Path(path).exists() else Image.new("RGB", (8, 8), (200, 200, 200)))
+            missing = Image.new("RGB", (8, 8), (200, 200, 200))
+            tiles.append(load_image(path) if path and Path(path).exists() else missing)
         retrieved = [split.gallery[int(i)] for i in ranked[r]]
         tiles += [load_image(split.images[n]) for n in retrieved]
         for c, image in enumerate(tiles):

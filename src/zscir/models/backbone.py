@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from zscir.errors import ModelLoadError
-from zscir.models.pseudo_tokens import PseudoTokenOutput, encode_with_pseudo_tokens
+from zscir.models.pseudo_tokens import PseudoTokenOutput, encode_with_pseudo_tokens, end_of_text_positions
 from zscir.models.tokenizer import pseudo_token_id
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -220,6 +220,10 @@ class Backbone:
         """
         tower = text_tower if text_tower is not None else self.text
         ids = self.tokenize(texts).to(self.device)
+        if not return_penultimate:
+            # The tower is causal: columns after the batch's last end-of-text token never reach a pooled
+            # output, so dropping them changes nothing but the cost (tested against the full context).
+            ids = ids[:, : int(end_of_text_positions(tower.text_model, ids).max()) + 1]
         tokens = None if pseudo_tokens is None else pseudo_tokens.to(self.device, self.dtype)
         return encode_with_pseudo_tokens(tower, ids, tokens, self.pseudo_token_id, return_penultimate)
 

@@ -117,29 +117,6 @@ def initial_tokens(names: Sequence[str], hidden_size: int, std: float, seed: int
     return (torch.stack(rows) * std) if rows else torch.empty(0, hidden_size)
 
 
-def encode_trimmed(backbone, texts: Sequence[str], pseudo_tokens: torch.Tensor) -> torch.Tensor:
-    """`backbone.encode_composed(texts, pseudo_tokens).text_embeds`, computed on the prompts cut after
-    the batch's last end-of-text token.
-
-    The text tower is causal, so positions after a row's end-of-text token never reach its pooled
-    output: dropping the padding columns changes nothing but the cost (OTI's "a photo of $" is
-    6 tokens of a 77-token context). Differentiable w.r.t. the pseudo tokens.
-
-    Args:
-        backbone: a `Backbone`.
-        texts: B prompts with `$`.
-        pseudo_tokens: [B, H].
-    Returns:
-        [B, P] text embeddings (tower dtype, on the backbone's device).
-    """
-    from zscir.models.pseudo_tokens import encode_with_pseudo_tokens, end_of_text_positions
-
-    ids = backbone.tokenize(texts).to(backbone.device)
-    keep = int(end_of_text_positions(backbone.text.text_model, ids).max()) + 1
-    tokens = pseudo_tokens.to(backbone.device, backbone.dtype)
-    return encode_with_pseudo_tokens(backbone.text, ids[:, :keep], tokens, backbone.pseudo_token_id).text_embeds
-
-
 def image_loss(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, template: str = TEMPLATES["plain"],
                ) -> torch.Tensor:
     """1 − cos(encode(template, v_i), x_i) per image (differentiable w.r.t. tokens).
@@ -152,7 +129,7 @@ def image_loss(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, templ
     Returns:
         [N] float32 losses.
     """
-    text = encode_trimmed(backbone, [template] * tokens.shape[0], tokens).float()
+    text = backbone.encode_composed([template] * tokens.shape[0], tokens).text_embeds.float()
     return 1.0 - F.cosine_similarity(text, image_embeds.to(text.device).float(), dim=-1)
 
 
@@ -178,12 +155,13 @@ def _invert_batch(backbone, embeds: torch.Tensor, names: Sequence[str], bank: Co
         if use_phrases:
             masked, phrase_targets = bank.sample(candidates, rngs)
             # two passes, each cut to its own length (the short template is not padded to the phrases)
-            img_cos = F.cosine_similarity(encode_trimmed(backbone, prompts, token).float(), targets, dim=-1)
-            phr_out = encode_trimmed(backbone, masked, token).float()
+            composed = backbone.encode_composed(prompts, token).text_embeds.float()
+            img_cos = F.cosine_similarity(composed, targets, dim=-1)
+            phr_out = backbone.encode_composed(masked, token).text_embeds.float()
             phr_cos = F.cosine_similarity(phr_out, phrase_targets.to(device).float(), dim=-1)
             rows = config.image_weight * (1 - img_cos) + config.phrase_weight * (1 - phr_cos)
         else:
-            out = encode_trimmed(backbone, prompts, token).float()
+            out = backbone.encode_composed(prompts, token).text_embeds.float()
             rows = config.image_weight * (1 - F.cosine_similarity(out, targets, dim=-1))
         if not bool(torch.isfinite(rows).all()):
             bad = [names[i] for i in (~torch.isfinite(rows)).nonzero().flatten().tolist()[:3]]

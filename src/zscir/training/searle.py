@@ -30,7 +30,6 @@ from zscir.models.phi import Phi, load_inversion_network
 from zscir.training.concepts import ConceptBank
 from zscir.training.config import SearleConfig  # noqa: F401  (re-exported: the recipe lives with the others)
 from zscir.training.loop import train
-from zscir.training.oti import encode_trimmed
 from zscir.training.phi import PhiTask, move_backbone
 
 
@@ -107,7 +106,7 @@ class SearleDistillTask(PhiTask):
         v = model(batch["x"])  # the prepared (DDP) Phi
         loss = contrastive_loss(v, batch["t"], self.temperature)
         if self.candidates is not None:
-            out = encode_trimmed(self.backbone, batch["texts"], v).float()
+            out = self.backbone.encode_composed(batch["texts"], v).text_embeds.float()
             phrase = (1 - F.cosine_similarity(out, batch["phrase_targets"].float(), dim=-1)).mean()
             loss = loss + self.phrase_weight * phrase
         return loss
