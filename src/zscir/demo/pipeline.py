@@ -169,7 +169,8 @@ def run_demo(config: DemoConfig) -> dict:
         "clip": clip_report,
         "rows": rows,
         "cirr_R@1_by_edit_type": by_edit,
-        "cig": {k: v for k, v in (cig or {}).items() if k not in ("rows", "examples")},
+        "cig": json.loads(json.dumps({k: v for k, v in (cig or {}).items() if k not in ("rows", "examples")},
+                                     default=str)),
         "seconds": {**timer.seconds, "total": round(time.perf_counter() - start, 1)},
         "fast": config.fast,
         "grid": str(grid) if grid else None,
@@ -197,15 +198,28 @@ def target_caption_queries(evaluator, world_data: Path, backbone) -> torch.Tenso
 
 
 def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget) -> dict | None:
-    """The CIG stage (pseudo targets from the world's tiny generator), or None if it is not available."""
+    """The CIG stage on the world's CIRR-format val (pseudo targets from the world's tiny generator).
+
+    Returns:
+        The stage report with `rows` = {"LinCIR + CIG": {"cirr": metrics}} and `examples` = {query id:
+        pseudo-target path} for the grid; None when the stage is not in this build.
+    """
     try:
         from zscir.demo.cig_stage import run_cig_stage
     except ImportError:
         _say("CIG stage not available in this build; skipped")
         return None
-    splits = {bench: [ev.full_split for ev in evs] for bench, evs in evaluators.items()}
-    return run_cig_stage(world, backbone, phi, splits, cache, world / "cig", fast=config.fast,
-                         progress=config.progress)
+    _say("CIG: training the tiny generator (VAE + UNet), generating pseudo targets, fusing")
+    cirr_val = evaluators["cirr"][0].full_split
+    report = run_cig_stage(world, backbone, phi, [cirr_val], cache, world / "cig", fast=config.fast,
+                           progress=config.progress)
+    rows = {label: {"cirr": by_split[cirr_val.name]} for label, by_split in report["rows"].items()}
+    from zscir.generation.cig import image_path
+
+    pseudo_dir = report["pseudo_dir"][cirr_val.name]
+    examples = {q.query_id: image_path(pseudo_dir, q.query_id) for q in cirr_val.queries}
+    _say(f"CIG: α = {report['alpha']} chosen on {report.get('alpha_selected_on', '?')}")
+    return {**report, "rows": rows, "examples": examples}
 
 
 def render_summary(results: dict, table: str) -> str:
