@@ -1,0 +1,408 @@
+"""Demo stage: CIG (METHODS.md §5) on the synthetic world — a trained generator, pseudo targets, fusion.
+
+What `run_cig_stage` does, each step cached under `out_dir` and reused when its settings match:
+
+1. **Selection split** (for α): queries of every k-th image set of the world's CIRR *train* split, with
+   the full train gallery. Every image of those sets is kept out of generator training, so the
+   generator never saw the targets α is chosen on. α is never chosen on the reported splits.
+2. **VAE** (`training/vae.py`): the tiny SDXL `AutoencoderKL` (downsampling ×2) trained as an
+   autoencoder on the remaining train images; its recon MSE on the held-out selection-set images
+   is reported for the random and for the trained VAE. The generator works at 24×24 (latents
+   12×12×4): the world's 48×48 true targets downsampled to 24×24 give the tiny CLIP the same CIG
+   fusion metrics as the originals (measured), while a ×2 VAE at 24 px reaches about a third of the
+   recon error a ×4 VAE at 48 px reached in the same ~40 s of training.
+3. **UNet** (`training/generator.py`): trained from scratch in that latent space to reconstruct each
+   image from the composed conditioning of "a photo of $", $ = Phi(own image embedding), with the
+   demo's backbone and Phi used as both SDXL towers (cross-attention 2H). The result is a complete
+   `StableDiffusionXLPipeline` folder (`out_dir/generator`), loaded with `load_generator` like real SDXL.
+4. **Pseudo targets** for the selection split and every reported split (`generate_pseudo_targets`,
+   resumable: finished images are skipped; cleared when the generator changes).
+5. **Fusion**: α sweep on the selection split → α (best CIRR "Avg", ties to the larger α); the
+   reported splits get their metrics at that α, and their own sweep is returned too, openly.
+
+The completion marker `zscir_done.json` (world_models' convention) is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from zscir.demo.world_models import DONE, stage_done, stage_report
+from zscir.utils.io import write_json_atomic
+
+ROW = "LinCIR + CIG"
+SELECTION_METRIC = "Avg"  # CIRR's summary metric, (R@5 + Rs@1) / 2: steadier than R@1 on a few hundred queries
+
+
+@dataclass(frozen=True)
+class CIGStageSettings:
+    """Every knob of the stage (all of them key the cache).
+
+    Attributes:
+        resolution: training / generation side in pixels (the world's image size).
+        vae_channels: VAE block widths (3 blocks = downsampling ×4).
+        unet_channels / attention_heads: tiny UNet block widths and heads per cross-attention block.
+        vae_steps / vae_batch / vae_lr / kl_weight: VAE recipe.
+        unet_steps / unet_batch / unet_lr / uncond_prob: UNet recipe.
+        gen_steps / guidance / gen_batch / dark_threshold: generation (world backgrounds can be near
+            black, mean pixel ≈ 17, so the dark-image threshold is lower than the paper's 10).
+        selection_every: every k-th CIRR train image set goes to the selection split.
+        selection_queries: at most this many selection queries.
+        train_images: at most this many generator training images (None = all remaining).
+        alphas: the α values swept.
+        seed: seeds both trainings and generation.
+    """
+
+    resolution: int = 24
+    vae_channels: tuple[int, ...] = (8, 16)
+    unet_channels: tuple[int, ...] = (32, 64)
+    attention_heads: tuple[int, ...] = (4, 8)
+    vae_steps: int = 1000
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 400
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    uncond_prob: float = 0.1
+    gen_steps: int = 10
+    guidance: float = 3.0
+    gen_batch: int = 50
+    dark_threshold: float = 3.0
+    selection_every: int = 2
+    selection_queries: int = 200
+    train_images: int | None = None
+    alphas: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(10, 21))
+    seed: int = 0
+
+
+def default_settings(fast: bool = False) -> CIGStageSettings:
+    """The demo's recipe; `fast` is a smoke-test run (seconds, meaningless numbers)."""
+    if fast:
+        return CIGStageSettings(vae_steps=15, unet_steps=10, unet_batch=8, gen_steps=2, gen_batch=16,
+                                selection_queries=8, train_images=48, alphas=(0.5, 0.75, 1.0))
+    return CIGStageSettings()
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run with `threads` intra-op threads (None = unchanged), restoring the old count afterwards."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _as_json(obj):
+    """`obj` as it reads back from JSON (tuples → lists, float keys → strings)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _slug(split_name: str) -> str:
+    return split_name.replace("/", "_")
+
+
+# ---------------------------------------------------------------------------------------------
+# The selection split and the generator's training images
+
+
+def selection_split(cirr_root: Path, every: int, max_queries: int):
+    """Queries of every `every`-th image set of CIRR train (full train gallery) and the images to hold out.
+
+    Returns:
+        (selection CIRSplit named "cirr/train-select", the train split, set of held-out image names:
+        every member, reference and target of the selected queries' sets).
+    """
+    from zscir.data.records import load_benchmark
+
+    train = load_benchmark("cirr", cirr_root, "train")[0]
+    groups = list(dict.fromkeys(q.group for q in train.queries))
+    chosen = set(groups[::every])
+    queries = [q for q in train.queries if q.group in chosen][:max_queries]
+    held_out = {name for q in queries for name in (*q.group, q.reference, *q.targets)}
+    # sets whose queries were cut by max_queries are not held out, but their images stay out of training too
+    held_out |= {name for g in chosen for name in g}
+    return replace(train, name="cirr/train-select", queries=queries), train, held_out
+
+
+def generator_images(train, held_out: set[str], limit: int | None) -> list[Path]:
+    """Training images of the generator: CIRR train images not held out (name order, first `limit`)."""
+    names = [n for n in train.images if n not in held_out]
+    return [train.images[n] for n in names[:limit]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sub-stages
+
+
+def _fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
+def train_world_vae(out_dir: Path, s: CIGStageSettings, images: list[Path], held_out: list[Path],
+                    progress: bool) -> tuple[Path, dict]:
+    """Sub-stage 2: train (or reuse) the VAE; returns (VAE folder, report with recon MSE before/after)."""
+    from diffusers import AutoencoderKL
+
+    from zscir.generation.tiny import TinySDXLSize, build_tiny_vae
+    from zscir.training.vae import VAETrainConfig, load_pixels, reconstruction_mse, train_vae
+
+    folder = out_dir / "vae"
+    settings = {"key": _key(asdict(s)["vae_channels"], s.resolution, s.vae_steps, s.vae_batch, s.vae_lr, s.kl_weight,
+                            s.seed, [str(p) for p in images], [str(p) for p in held_out])}
+    if stage_done(folder, settings):
+        return folder, stage_report(folder)
+    start = time.time()
+    run = _fresh(out_dir / ".vae-run")
+    random_dir = run / "random-vae"
+    vae = build_tiny_vae(TinySDXLSize(vae_channels=s.vae_channels), seed=s.seed)
+    vae.save_pretrained(str(random_dir))
+    check = load_pixels(held_out, s.resolution)
+    before = reconstruction_mse(vae, check)
+    config = VAETrainConfig(output_dir=str(run / "train"), vae=str(random_dir), resolution=s.resolution,
+                            max_steps=s.vae_steps, batch_size=min(s.vae_batch, len(images)), lr=s.vae_lr,
+                            kl_weight=s.kl_weight, seed=s.seed, checkpoint_every=s.vae_steps, keep_checkpoints=1,
+                            cpu=True, tensorboard=False, progress=progress)
+    result = train_vae(config, images)
+    trained = AutoencoderKL.from_pretrained(str(result.final_dir / "vae"))
+    report = {"recon_mse_random": round(before, 5), "recon_mse_trained": round(reconstruction_mse(trained, check), 5),
+              "heldout_images": len(held_out), "train_images": len(images), "steps": result.steps,
+              "scaling_factor": round(float(trained.config.scaling_factor), 5),
+              "seconds": round(time.time() - start, 1)}
+    tmp = _fresh(out_dir / ".vae-tmp")
+    shutil.copytree(result.final_dir / "vae", tmp)
+    _finish(tmp, folder, settings, report)
+    shutil.rmtree(run)
+    return folder, report
+
+
+def _finish(tmp: Path, folder: Path, settings: dict, report: dict) -> None:
+    """Marker into `tmp`, then `tmp` onto `folder` (world_models' `finish_stage` convention)."""
+    from zscir.demo.world_models import finish_stage
+
+    finish_stage(tmp, folder, settings, report)
+
+
+def _save_text_tower(backbone, folder: Path) -> Path:
+    """The backbone's text tower + tokenizer as a CLIP text folder (the pipeline's text encoders)."""
+    backbone.text.save_pretrained(str(folder))
+    backbone.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def train_world_generator(out_dir: Path, s: CIGStageSettings, backbone, phi, vae_dir: Path, vae_key: str,
+                          images: list[Path], progress: bool) -> tuple[Path, dict]:
+    """Sub-stage 3: a tiny SDXL pipeline around the trained VAE, UNet trained on "a photo of $" (or reused).
+
+    Returns:
+        (pipeline folder with the trained UNet in `unet/`, report).
+    """
+    from zscir.compose import PromptTemplate
+    from zscir.generation.conditioning import ComposedConditioner
+    from zscir.generation.tiny import TinySDXLSize, build_tiny_sdxl
+    from zscir.models.backbone import fingerprint_module
+    from zscir.training.generator import train_generator
+    from zscir.training.generator_config import GeneratorTrainConfig
+    from zscir.training.vae import install_vae
+
+    folder = out_dir / "generator"
+    settings = {"key": _key(vae_key, asdict(s)["unet_channels"], asdict(s)["attention_heads"], s.unet_steps,
+                            s.unet_batch, s.unet_lr, s.uncond_prob, s.seed, s.resolution,
+                            backbone.text_fingerprint(), backbone.vision_fingerprint(), fingerprint_module(phi),
+                            [str(p) for p in images])}
+    if stage_done(folder, settings):
+        return folder, stage_report(folder)
+    start = time.time()
+    run = _fresh(out_dir / ".generator-run")
+    size = TinySDXLSize(unet_channels=s.unet_channels, attention_head_dim=s.attention_heads,
+                        vae_channels=s.vae_channels, sample_size=s.resolution // 2 ** (len(s.vae_channels) - 1))
+    text_dir = _save_text_tower(backbone, run / "text-tower")
+    tmp = _fresh(out_dir / ".generator-tmp")
+    build_tiny_sdxl(text_dir, None, tmp, size, seed=s.seed)
+    install_vae(tmp, vae_dir)
+    plain = ComposedConditioner(backbone, phi, backbone, phi, PromptTemplate.named("plain"))
+    config = GeneratorTrainConfig(output_dir=str(run / "train"), generator=str(tmp), resolution=s.resolution,
+                                  max_steps=s.unet_steps, batch_size=min(s.unet_batch, len(images)), lr=s.unet_lr,
+                                  uncond_prob=s.uncond_prob, seed=s.seed, checkpoint_every=s.unet_steps,
+                                  keep_checkpoints=1, encode_batch_size=64, cpu=True, tensorboard=False,
+                                  progress=progress)
+    result = train_generator(config, plain, images)
+    shutil.rmtree(tmp / "unet")
+    shutil.copytree(result.final_dir / "unet", tmp / "unet")
+    report = {"steps": result.steps, "last_loss": round(result.last_loss, 5), "train_images": len(images),
+              "seconds": round(time.time() - start, 1)}
+    _finish(tmp, folder, settings, report)
+    shutil.rmtree(run)
+    return folder, report
+
+
+def generate_world_targets(out_dir: Path, s: CIGStageSettings, generator_dir: Path, generator_key: str, backbone,
+                           phi, splits: list, progress: bool) -> tuple[dict[str, Path], dict]:
+    """Sub-stage 4: pseudo targets of every split into `out_dir/pseudo/<split>/` (resumable).
+
+    Returns:
+        ({split name: pseudo-target folder}, {split name: {"generated", "skipped", "failed", "retried"}}).
+    """
+    from zscir.generation.cig import GenerationConfig, generate_pseudo_targets, load_generator, write_manifest
+    from zscir.generation.conditioning import ComposedConditioner
+
+    root = out_dir / "pseudo"
+    owner = root / "generator.json"
+    wanted = {"generator": generator_key, "gen": [s.gen_steps, s.guidance, s.dark_threshold, s.seed, s.resolution]}
+    if root.exists() and (not owner.is_file() or json.loads(owner.read_text()) != wanted):
+        shutil.rmtree(root)  # images of another generator or other options: never mix them
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(owner, wanted)
+    pipe = load_generator(generator_dir)
+    config = GenerationConfig(steps=s.gen_steps, guidance=s.guidance, height=s.resolution, width=s.resolution,
+                              batch_size=s.gen_batch, seed=s.seed, dark_threshold=s.dark_threshold, max_retries=2)
+    conditioner = ComposedConditioner(backbone, phi, backbone, phi)
+    dirs, counts = {}, {}
+    for split in splits:
+        folder = root / _slug(split.name)
+        report = generate_pseudo_targets(pipe, [split], folder, config, conditioner, progress=progress)
+        write_manifest(folder, report)
+        dirs[split.name] = folder
+        counts[split.name] = {"generated": len(report.generated), "skipped": len(report.skipped),
+                              "failed": len(report.failed), "retried": len(report.retried)}
+    return dirs, counts
+
+
+def choose_alpha(sweep: dict[float, dict[str, dict[str, float]]], split_name: str,
+                 metric: str = SELECTION_METRIC) -> float:
+    """The α with the best `metric` on `split_name`; ties go to the larger α (closer to plain Phi)."""
+    return max(sweep, key=lambda a: (sweep[a][split_name][metric], a))
+
+
+def example_grid(examples: list[dict], path: Path, scale: int = 3) -> Path:
+    """A PNG with one row per example: reference | pseudo target | true target (nearest-neighbour upscaled)."""
+    from PIL import Image
+
+    from zscir.data.images import load_image
+
+    side = 48
+    grid = Image.new("RGB", (3 * side + 8, len(examples) * (side + 4)), (255, 255, 255))
+    for row, ex in enumerate(examples):
+        for col, key in enumerate(("reference", "pseudo", "target")):
+            if ex.get(key):
+                image = load_image(ex[key]).convert("RGB").resize((side, side))
+                grid.paste(image, (col * (side + 4), row * (side + 4)))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    grid.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list, cache, out_dir: Path,
+                  fast: bool = False, progress: bool = True, settings: CIGStageSettings | None = None,
+                  threads: int | None = 1, examples: int = 8) -> dict:
+    """CIG on the synthetic world: train (or reuse) VAE + UNet, generate pseudo targets, fuse, evaluate.
+
+    Args:
+        world_dir: the demo's world folder (holding `data/cirr`).
+        backbone: the world's CLIP `Backbone` (retrieval AND both generator text towers).
+        phi: the LinCIR Phi of that backbone (reference and pseudo-target queries, conditioning).
+        splits: the reported splits (with targets), e.g. `load_benchmark("cirr", root, "val")`.
+        cache: the demo's `FeatureCache`.
+        out_dir: the stage folder (sub-stages and `zscir_done.json`).
+        fast: a smoke-test recipe (`default_settings(True)`), ignored when `settings` is given.
+        progress: tqdm bars.
+        settings: the recipe (default `default_settings(fast)`).
+        threads: torch intra-op threads during the stage, restored afterwards (None = unchanged). 1 by default:
+            on a shared 2-core machine 2 threads made a VAE step ~20× slower than 1 (OpenMP contention).
+        examples: how many example rows (first reported split) to return and draw in `examples.png`.
+    Returns:
+        {"alpha", "alpha_selected_on", "selection_metric", "sweep": {"selection": {α: {split: metrics}},
+        "reported": {α: {split: metrics}}}, "rows": {"LinCIR + CIG": {split name: metrics}},
+        "pseudo_dir": {split name: folder}, "examples": [{"query_id", "caption", "reference", "pseudo",
+        "target"}], "grid": PNG path, "vae": {...}, "generator": {...}, "generation": {...},
+        "missing": {split: count}, "timings": {...}, "seconds", "reused"}.
+    """
+    from zscir.evaluation.runner import Evaluator
+    from zscir.generation.cig import image_path
+    from zscir.generation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
+    from zscir.models.backbone import fingerprint_module
+
+    start = time.time()
+    s = settings or default_settings(fast)
+    out_dir, world_dir = Path(out_dir), Path(world_dir)
+    marker_settings = {"stage": asdict(s), "text": backbone.text_fingerprint(),
+                       "vision": backbone.vision_fingerprint(), "phi": fingerprint_module(phi),
+                       "world": str(world_dir.resolve()),
+                       "splits": [[sp.name, len(sp.queries)] for sp in splits], "examples": examples}
+    marker_settings = _as_json(marker_settings)
+    if stage_done(out_dir, marker_settings):
+        return {**stage_report(out_dir), "reused": True}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DONE).unlink(missing_ok=True)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(time.time() - since, 1)
+        return time.time()
+
+    with torch_threads(threads):
+        t = time.time()
+        selection, train, held = selection_split(world_dir / "data" / "cirr", s.selection_every, s.selection_queries)
+        images = generator_images(train, held, s.train_images)
+        check = [train.images[n] for n in sorted(held)][:200]
+        vae_dir, vae_report = train_world_vae(out_dir, s, images, check, progress)
+        t = lap("vae", t)
+        gen_dir, gen_report = train_world_generator(out_dir, s, backbone, phi, vae_dir,
+                                                    json.loads((vae_dir / DONE).read_text())["settings"]["key"],
+                                                    images, progress)
+        t = lap("unet", t)
+        gen_key = json.loads((gen_dir / DONE).read_text())["settings"]["key"]
+        dirs, counts = generate_world_targets(out_dir, s, gen_dir, gen_key, backbone, phi, [selection, *splits],
+                                              progress)
+        t = lap("generate", t)
+        evaluators = {sp.name: Evaluator(backbone, sp, cache) for sp in [selection, *splits]}
+        queries = {name: pseudo_target_queries(ev, phi, dirs[name]) for name, ev in evaluators.items()}
+        select_sweep = alpha_sweep([evaluators[selection.name]], [queries[selection.name]], s.alphas)
+        alpha = choose_alpha(select_sweep, selection.name)
+        reported = [sp.name for sp in splits]
+        report_sweep = alpha_sweep([evaluators[n] for n in reported], [queries[n] for n in reported], s.alphas)
+        rows = {n: evaluate_fused(evaluators[n], queries[n], alpha).metrics for n in reported}
+        lap("evaluate", t)
+
+    shown = []
+    if splits:
+        first = splits[0]
+        for q in first.queries[:examples]:
+            pseudo = image_path(dirs[first.name], q.query_id)
+            shown.append({"query_id": q.query_id, "caption": " / ".join(q.captions),
+                          "reference": str(first.images[q.reference]),
+                          "pseudo": str(pseudo) if pseudo.is_file() else None,
+                          "target": str(first.images[q.targets[0]]) if q.targets else None})
+    grid = example_grid(shown, out_dir / "examples.png") if shown else None
+    result = {
+        "alpha": alpha, "alpha_selected_on": selection.name, "selection_metric": SELECTION_METRIC,
+        "sweep": {"selection": select_sweep, "reported": report_sweep}, "rows": {ROW: rows},
+        "pseudo_dir": {n: str(d) for n, d in dirs.items()}, "examples": shown,
+        "grid": str(grid) if grid else None, "vae": vae_report, "generator": gen_report, "generation": counts,
+        "missing": {n: len(q.missing) for n, q in queries.items()}, "timings": timings,
+        "seconds": round(time.time() - start, 1), "reused": False,
+    }
+    result = _as_json(result)  # the same types whether fresh or reused (α keys become strings)
+    write_json_atomic(out_dir / DONE, {"settings": marker_settings, "report": result})  # last: marks completion
+    return result
