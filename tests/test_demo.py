@@ -12,10 +12,11 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "demo-results-fast" / "results.json").read_text())
     expected = {"image only", "text only", "image + text (sum)", "LinCIR (Phi trained here)", "LinCIR + RTD",
-                "SEARLE-OTI", "SEARLE (Phi distilled here)"}
+                "SEARLE-OTI", "SEARLE (Phi distilled here)", "LinCIR + CIG"}
     assert expected <= set(results["rows"])
     for label, by_bench in results["rows"].items():
-        assert set(by_bench) == {"cirr", "fashioniq", "circo"}, label
+        # CIG generates pseudo targets for the CIRR-format val only; every other row covers all three
+        assert set(by_bench) == ({"cirr"} if "CIG" in label else {"cirr", "fashioniq", "circo"}), label
         assert all(0.0 <= v <= 100.0 for metrics in by_bench.values() for v in metrics.values())
         assert label in printed
     assert (tmp_path / "demo-results-fast" / "queries.png").stat().st_size > 0
