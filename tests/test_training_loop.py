@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from zscir.errors import ZscirError
 from zscir.training.config import TrainConfig, load_config, parse_overrides
 from zscir.training.loop import IndexSampler, TrainingDiverged, TrainTask, list_checkpoints, train
 
@@ -117,16 +118,146 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert saved["max_steps"] == 6 and saved["task"] == "ToyTask"
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+def test_nan_loss_stops_with_step_and_names_the_last_verified_checkpoint(tmp_path):
     task = ToyTask(nan_at_call=5)
-    with pytest.raises(TrainingDiverged, match=r"at step 5 .*step-00000004") as info:
+    with pytest.raises(TrainingDiverged, match=r"at step 5 .*last good checkpoint: \S*step-00000002") as info:
         train(task, _config(tmp_path, "nan", max_steps=8, checkpoint_every=2))
-    assert info.value.step == 5
-    assert [s for s, _ in list_checkpoints(tmp_path / "nan" / "checkpoints")] == [2, 4]
+    assert info.value.step == 5 and info.value.checkpoint.name == "step-00000002"
+    # the weights of step 4 gave the NaN: that checkpoint is kept, marked, and skipped by a resume
+    ckpts = tmp_path / "nan" / "checkpoints"
+    assert [s for s, _ in list_checkpoints(ckpts)] == [2]
+    assert [s for s, _ in list_checkpoints(ckpts, include_diverged=True)] == [2, 4]
     assert not (tmp_path / "nan" / "final").exists()
     clean = ToyTask()
     train(clean, _config(tmp_path, "clean", max_steps=4))
     assert torch.equal(_weights(task), _weights(clean))  # the NaN step did not touch the weights
+
+
+class ExplodingTask(ToyTask):
+    """A deep linear net with a huge learning rate: the loss stays finite for a few steps, then overflows."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(*[torch.nn.Linear(5, 5) for _ in range(4)], torch.nn.Linear(5, 1))
+        torch.manual_seed(7)
+        for p in self.net.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+
+
+def _safetensors_weights(folder):
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    return {k: v for k, v in state.items()}
+
+
+def test_nan_stop_with_checkpoint_every_1_names_weights_that_gave_a_finite_loss(tmp_path):
+    # lr 5e3: the loss is 13 at step 1, 5e37 at step 2 (weights ~5e3), inf at step 3
+    config = _config(tmp_path, "boom", max_steps=10, checkpoint_every=1, keep_checkpoints=1, lr=5e3)
+    task = ExplodingTask()
+    with pytest.raises(TrainingDiverged) as info:
+        train(task, config)
+    good, bad_step = info.value.checkpoint, info.value.step
+    assert good is not None and bad_step > 2
+    sampler = IndexSampler(task.num_examples(), config.batch_size, seed=config.seed)
+
+    def loss_of(folder, micro_step):  # the loss those weights give on the batch the loop used next
+        net = ExplodingTask().net
+        net.load_state_dict(_safetensors_weights(folder))
+        x, y = task.batch(sampler.indices(micro_step), "cpu")
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(net(x), y)
+
+    good_step = int(good.name.split("-")[1])
+    assert all(torch.isfinite(v).all() for v in _safetensors_weights(good).values())
+    assert torch.isfinite(loss_of(good, good_step))
+    # the checkpoint after it holds the weights that gave the non-finite loss: kept but marked
+    diverged = [p for s, p in list_checkpoints(good.parent, include_diverged=True) if s > good_step]
+    assert diverged and all((p / "diverged.json").is_file() for p in diverged)
+    assert not torch.isfinite(loss_of(diverged[-1], bad_step - 1))
+    # an uninterrupted run of good_step steps holds exactly the named weights
+    short = ExplodingTask()
+    train(short, _config(tmp_path, "short", max_steps=good_step, lr=5e3))
+    named = ExplodingTask()
+    named.net.load_state_dict(_safetensors_weights(good))
+    assert torch.equal(_weights(short), _weights(named))
+
+
+def test_planted_pickle_in_a_checkpoint_is_refused_and_never_loaded(tmp_path):
+    train(ToyTask(), _config(tmp_path, "run", max_steps=2, checkpoint_every=2))
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    ckpt = list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1]
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        torch.save(Exploit(), ckpt / name)
+        with pytest.raises(ZscirError, match=f"{name}: unexpected file in a checkpoint"):
+            train(ToyTask(), _config(tmp_path, "run", max_steps=4, checkpoint_every=2, resume=True))
+        assert not marker.exists()
+        (ckpt / name).unlink()
+    # the checkpoint itself holds JSON and safetensors only, and resumes once the planted file is gone
+    assert {p.suffix for p in ckpt.iterdir()} <= {".json", ".safetensors"}
+    assert train(ToyTask(), _config(tmp_path, "run", max_steps=4, checkpoint_every=2, resume=True)).steps == 4
+
+
+def test_resume_refuses_a_changed_config_unless_allowed_and_records_what_was_used(tmp_path):
+    train(ToyTask(), _config(tmp_path, "run", max_steps=2, checkpoint_every=2, lr=0.05))
+    with pytest.raises(ZscirError, match=r"lr \(checkpoint 0.05, now 0.5\)"):
+        train(ToyTask(), _config(tmp_path, "run", max_steps=4, resume=True, lr=0.5))
+    # bookkeeping fields may change freely (max_steps, checkpoint_every)
+    changed = ToyTask()
+    train(changed, _config(tmp_path, "run", max_steps=4, checkpoint_every=1, resume=True, lr=0.5,
+                           allow_config_change=True))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["lr"] == 0.5
+    assert saved["config_changes"] == [{"at_step": 2, "lr": {"was": 0.05, "now": 0.5},
+                                        "checkpoint_every": {"was": 2, "now": 1}, "max_steps": {"was": 2, "now": 4}}]
+    # the new lr really took effect: 2 steps at 0.05 then 2 at 0.5 differ from 4 steps at 0.05
+    same = ToyTask()
+    train(same, _config(tmp_path, "same", max_steps=2, checkpoint_every=2, lr=0.05))
+    train(same := ToyTask(), _config(tmp_path, "same", max_steps=4, resume=True))
+    assert not torch.allclose(_weights(changed), _weights(same), atol=1e-4)
+    # and equal a run whose optimiser lr is switched by hand after 2 steps (the definition)
+    reference = ToyTask()
+    train(reference, _config(tmp_path, "ref-a", max_steps=2, checkpoint_every=2, lr=0.05))
+    assert_lr_switch_matches(tmp_path, changed)
+
+
+def assert_lr_switch_matches(tmp_path, changed):
+    """2 steps at lr 0.05, then 2 steps at 0.5 from the same optimiser state, written without the loop's resume."""
+    task = ToyTask()
+    torch.manual_seed(3)  # the loop's set_seed(seed + rank) for a fresh run
+    import random
+
+    import numpy as np
+
+    random.seed(3)
+    np.random.seed(3)
+    net = task.net
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05, weight_decay=0.0)
+    sampler = IndexSampler(task.num_examples(), 4, seed=3)
+    for k in range(4):
+        if k == 2:
+            for group in opt.param_groups:
+                group["lr"] = 0.5
+        loss = task.loss(net, task.batch(sampler.indices(k), "cpu"))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert torch.allclose(_weights(task), _weights(changed), atol=1e-6)
+
+
+def test_rerunning_a_finished_run_writes_its_real_last_loss(tmp_path):
+    first = train(ToyTask(), _config(tmp_path, "done", max_steps=3, checkpoint_every=3))
+    metrics_path = tmp_path / "done" / "final" / "metrics.json"
+    before = json.loads(metrics_path.read_text())
+    again = train(ToyTask(), _config(tmp_path, "done", max_steps=3, checkpoint_every=3, resume=True))
+    text = metrics_path.read_text()
+    assert "NaN" not in text and json.loads(text) == before == {"step": 3, "loss": first.last_loss}
+    assert again.steps == 3 and again.last_loss == first.last_loss
 
 
 def test_best_by_validation_and_validation_does_not_change_training(tmp_path):

@@ -40,6 +40,8 @@ class TrainConfig:
         select_metric / select_mode: the validation metric that picks the best model, "max" or "min".
         log_every: steps between logged scalars.
         resume: continue from the last checkpoint in output_dir/checkpoints.
+        allow_config_change: let a resume change fields that shape the weights (lr, batch size, recipe
+            fields, ...); the new values take effect and config.json records each change with its step.
         tensorboard: write TensorBoard scalars to output_dir/logs (skipped with a note if not installed).
         progress: show a tqdm bar (hidden when not a TTY anyway).
     """
@@ -64,6 +66,7 @@ class TrainConfig:
     select_mode: str = "max"
     log_every: int = 10
     resume: bool = False
+    allow_config_change: bool = False
     tensorboard: bool = True
     progress: bool = True
 

@@ -13,12 +13,19 @@ indices, the loss, optional validation and how to save); `train(task, config)` d
 - a deterministic, resumable data order: micro-batch k of the run is a pure function of (seed, k),
   so the data position is just the micro-batch counter stored in the checkpoint;
 - checkpoints every N steps with model, optimiser, scheduler, grad scaler, step, data position and
-  the RNG states of every process (`accelerator.save_state` into a temp folder, then a rename);
-  `resume=True` continues from the last one: N steps + resume + N steps == 2N uninterrupted steps;
+  the RNG states of every process, as JSON + safetensors only (`zscir.training.checkpoint`; never
+  accelerate's pickles), into a temp folder, then a rename; `resume=True` continues from the last one:
+  N steps + resume + N steps == 2N uninterrupted steps. A folder holding any other file is refused;
+  a resume whose config differs from the checkpoint's in a field that shapes the weights is refused
+  unless `allow_config_change` is set, and then the new values really take effect (optimiser
+  hyper-parameters included) and `config.json` records each change with its step;
 - validation every K steps on the main process (RNG forked, so it never changes training), the best
   model by `select_metric` kept in `output_dir/best`;
 - TensorBoard scalars (optional), a tqdm bar, the resolved config in `output_dir/config.json`;
-- a NaN/inf loss stops the run before the update, naming the step and the last good checkpoint.
+- a NaN/inf loss stops the run before the update, naming the step and the last good checkpoint: the
+  newest one whose weights then gave a finite loss (the checkpoint of the weights that produced the
+  NaN is marked diverged, kept for inspection, and skipped by a resume). Non-finite weights stop the
+  run before they are checkpointed.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ from zscir.training.config import TrainConfig
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
+DIVERGED_FILE = "diverged.json"
+# Config fields a resume may change freely: they shape bookkeeping, not the trained weights.
+RESUME_FREE_FIELDS = frozenset({
+    "output_dir", "max_steps", "resume", "allow_config_change", "progress", "tensorboard", "log_every",
+    "checkpoint_every", "keep_checkpoints", "validate_every", "cache_dir", "encode_batch_size",
+})
+NOT_RECORDED = frozenset({"resume", "allow_config_change", "progress"})  # how a run was invoked, not what it used
 
 
 class TrainingDiverged(ZscirError):
@@ -180,11 +194,16 @@ class SkipCounter:
 # Checkpoints
 
 
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete checkpoints in `folder`, oldest first (temp folders are ignored)."""
+def list_checkpoints(folder: Path, include_diverged: bool = False) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in `folder`, oldest first.
+
+    Temp folders are ignored, and so are checkpoints marked diverged (their weights gave a NaN/inf loss)
+    unless `include_diverged`.
+    """
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()
+             and (include_diverged or not (p / DIVERGED_FILE).exists())]
     return sorted(found)
 
 
@@ -200,7 +219,14 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def _save_checkpoint(accelerator, root: Path, state: dict, keep: int) -> Path:
+def _save_checkpoint(accelerator, root: Path, state: dict, keep: int, training: tuple) -> Path:
+    """Write checkpoint `step-{state['step']}`; keep the newest `keep` plus the newest verified one.
+
+    `training` = (model, optimizer, scheduler). A checkpoint is verified once its weights gave a finite
+    loss (`state["good_checkpoint"]`, the step of the newest such one): it is never deleted in favour
+    of unverified ones, so a NaN stop can always name a checkpoint that really was good.
+    """
+    from zscir.training.checkpoint import save_training_state
     from zscir.utils.io import write_json_atomic
 
     name = f"step-{state['step']:08d}"
@@ -210,15 +236,61 @@ def _save_checkpoint(accelerator, root: Path, state: dict, keep: int) -> Path:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its RNG file; the main one the rest
+    save_training_state(accelerator, *training, tmp)  # every process writes its RNG files; the main one the rest
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, state)
         _replace_dir(tmp, root / name)
-        for _, old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old)
+        good = state.get("good_checkpoint")
+        for old_step, old in list_checkpoints(root, include_diverged=True)[:-keep]:
+            if old_step != good:
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return root / name
+
+
+def _mark_diverged(root: Path, after_step: int | None, step: int) -> list[Path]:
+    """Mark the checkpoints newer than the last good one as diverged (kept, skipped by resume)."""
+    from zscir.utils.io import write_json_atomic
+
+    marked = []
+    for s, path in list_checkpoints(root):
+        if after_step is None or s > after_step:
+            write_json_atomic(path / DIVERGED_FILE, {"non_finite_loss_at_step": step})
+            marked.append(path)
+    return marked
+
+
+def _check_resume_config(saved: dict, current: dict, allow_change: bool, where: Path) -> dict[str, list]:
+    """{field: [checkpoint value, new value]} of the fields a resume changes; refuse weight-shaping changes.
+
+    Raises:
+        ZscirError: a field outside RESUME_FREE_FIELDS differs and `allow_change` is False.
+    """
+    changed = {k: [saved.get(k), v] for k, v in current.items()
+               if k in saved and saved[k] != v and k not in NOT_RECORDED}
+    shaping = {k: v for k, v in changed.items() if k not in RESUME_FREE_FIELDS}
+    if shaping and not allow_change:
+        listed = ", ".join(f"{k} (checkpoint {old!r}, now {new!r})" for k, (old, new) in sorted(shaping.items()))
+        raise ZscirError(f"{where}: the run being resumed was trained with another config: {listed}; resume with "
+                         "the checkpoint's values, set allow_config_change to continue with the new ones, or "
+                         "use another output folder")
+    return changed
+
+
+def _apply_config(optimizer, scheduler, config: TrainConfig) -> None:
+    """Make the optimiser hyper-parameters of a resumed run those of `config` (they come back from the checkpoint)."""
+    for group in optimizer.param_groups:
+        group.update(weight_decay=config.weight_decay, betas=tuple(config.betas), eps=config.eps)
+    scheduler.base_lrs = [config.lr for _ in scheduler.base_lrs]
+    factors = [fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
+    for group, factor in zip(optimizer.param_groups, factors):
+        group["lr"] = config.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _weights_finite(params) -> bool:
+    return all(bool(torch.isfinite(p.detach()).all()) for p in params)
 
 
 def _save_model(accelerator, task: TrainTask, model, folder: Path, extra: dict | None = None) -> None:
@@ -296,7 +368,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from zscir.utils.io import read_json, write_json_atomic
+    from zscir.training.checkpoint import check_checkpoint_files, load_training_state
+    from zscir.utils.io import read_json, remove_stale_temps, remove_temp_dirs, write_json_atomic
 
     config.check()
     out = Path(config.output_dir)
@@ -309,6 +382,11 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     main = accelerator.is_main_process
     writer = None
     try:
+        if main:  # leftovers of a killed run: half-written checkpoint / model folders and temp files
+            for folder in (out, ckpt_root):
+                remove_temp_dirs(folder)
+                remove_stale_temps(folder)
+        accelerator.wait_for_everyone()
         set_seed(config.seed)
         task.setup(accelerator)
         model = task.model()
@@ -320,29 +398,42 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                                       betas=tuple(config.betas), eps=config.eps)
         warmup = config.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-        model, optimizer = accelerator.prepare(model, optimizer)
         # The scheduler is stepped by hand once per optimiser step (a prepared one would step once per process).
-        accelerator.register_for_checkpointing(scheduler)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        training = (model, optimizer, scheduler)
 
-        state = {"step": 0, "micro_step": 0, "best": None, "history": []}
+        run_config = {"task": type(task).__name__, "num_processes": accelerator.num_processes, **config.to_dict()}
+        state = {"step": 0, "micro_step": 0, "best": None, "history": [], "last_loss": None,
+                 "good_checkpoint": None, "config": run_config, "config_changes": []}
+        last_ckpt = None
         if config.resume and existing:
-            accelerator.load_state(str(existing[-1][1]))  # model, optimiser, scheduler, scaler, RNG, accumulate step
-            state = read_json(existing[-1][1] / STATE_FILE)
+            last_ckpt = existing[-1][1]
+            check_checkpoint_files(last_ckpt)
+            saved = read_json(last_ckpt / STATE_FILE)
+            changed = _check_resume_config(saved.get("config", {}), run_config, config.allow_config_change,
+                                           last_ckpt)
+            load_training_state(accelerator, *training, last_ckpt)  # model, optimiser, scheduler, scaler, RNG
+            state.update({k: v for k, v in saved.items() if k != "config"})
+            if changed:
+                _apply_config(optimizer, scheduler, config)
+                state["config_changes"] = [*state.get("config_changes", []), {"at_step": saved["step"], **{
+                    k: {"was": old, "now": new} for k, (old, new) in sorted(changed.items())}}]
+            state["config"] = run_config
             if main:
-                print(f"resuming from {existing[-1][1]} (step {state['step']})")
+                print(f"resuming from {last_ckpt} (step {state['step']})")
         else:
             # Per-process noise streams differ (each process draws noise for its own examples).
             set_seed(config.seed + accelerator.process_index)
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out / "config.json", {"task": type(task).__name__,
-                                                    "num_processes": accelerator.num_processes, **config.to_dict()})
+            write_json_atomic(out / "config.json", {**run_config, "config_changes": state["config_changes"]})
             writer = _open_writer(config, out / "logs")
         sampler = IndexSampler(task.num_examples(), config.batch_size, accelerator.num_processes,
                                accelerator.process_index, config.seed)
-        last_ckpt = existing[-1][1] if (config.resume and existing) else None
         validate = task.can_validate()
-        step, micro_step, last_loss = state["step"], state["micro_step"], float("nan")
+        step, micro_step = state["step"], state["micro_step"]
+        good_ckpt = (ckpt_root / f"step-{state['good_checkpoint']:08d}") if state["good_checkpoint"] is not None \
+            else None
         bar = tqdm(total=config.max_steps, initial=step, desc=type(task).__name__,
                    disable=(not main or not config.progress) or None)
         while step < config.max_steps:
@@ -354,10 +445,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                         loss = task.loss(model, batch)
                     finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1))
                     if not bool(finite.all()):
-                        where = last_ckpt if last_ckpt is not None else "none (no checkpoint written yet)"
-                        raise TrainingDiverged(
-                            f"loss is {loss.item()} at step {step + 1} (micro-batch {micro_step}); stopped before "
-                            f"updating the weights; last good checkpoint: {where}", step + 1, last_ckpt)
+                        _stop_diverged(accelerator, ckpt_root, good_ckpt, step, f"loss is {loss.item()}",
+                                       f" (micro-batch {micro_step}); stopped before updating the weights")
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -369,6 +458,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                 loss_sum += loss.detach().float()
             if not accelerator.sync_gradients:
                 raise RuntimeError("gradient accumulation out of step with the loop (no sync on the last micro-batch)")
+            if last_ckpt is not None and int(CHECKPOINT_PATTERN.match(last_ckpt.name).group(1)) == step:
+                good_ckpt = last_ckpt  # its weights just gave a finite loss on every micro-batch
             step += 1
             last_loss = accelerator.reduce(loss_sum / config.grad_accum, "mean").item()
             bar.update(1)
@@ -382,12 +473,18 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                 metrics = _validate(accelerator, task, model, config, step, state, out, writer)
                 if main and metrics is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            state.update(step=step, micro_step=micro_step)
+            state.update(step=step, micro_step=micro_step, last_loss=last_loss,
+                         good_checkpoint=None if good_ckpt is None else int(good_ckpt.name.split("-")[1]))
             if step % config.checkpoint_every == 0 or step == config.max_steps:
-                last_ckpt = _save_checkpoint(accelerator, ckpt_root, state, config.keep_checkpoints)
+                if not _weights_finite(params):
+                    _stop_diverged(accelerator, ckpt_root, good_ckpt, step - 1, "the weights became non-finite",
+                                   "; not checkpointed")
+                last_ckpt = _save_checkpoint(accelerator, ckpt_root, state, config.keep_checkpoints, training)
         bar.close()
-        _save_model(accelerator, task, model, out / "final", {"step": step, "loss": last_loss})
+        # a rerun of a finished run trains no step: its loss is the one recorded with the last checkpoint
+        _save_model(accelerator, task, model, out / "final", {"step": step, "loss": state["last_loss"]})
         best = state["best"]
+        last_loss = float("nan") if state["last_loss"] is None else state["last_loss"]
         return TrainResult(step, last_loss, out / "final", out / "best" if best else None, best, state["history"])
     finally:
         if writer is not None:
@@ -395,6 +492,18 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
         accelerator.wait_for_everyone()
         accelerator.free_memory()
         _reset_accelerate_state()
+
+
+def _stop_diverged(accelerator, ckpt_root: Path, good: Path | None, step: int, what: str, detail: str):
+    """Mark the checkpoints after the last good one as diverged and raise TrainingDiverged naming it."""
+    marked = []
+    if accelerator.is_main_process:
+        good_step = None if good is None else int(good.name.split("-")[1])
+        marked = _mark_diverged(ckpt_root, good_step, step + 1)
+    where = good if good is not None else "none (no checkpoint gave a finite loss yet)"
+    note = f"; marked diverged (resume skips them): {', '.join(p.name for p in marked)}" if marked else ""
+    raise TrainingDiverged(f"{what} at step {step + 1}{detail}; last good checkpoint: {where}{note}",
+                           step + 1, good)
 
 
 def _validate(accelerator, task, model, config, step, state, out, writer) -> dict | None:

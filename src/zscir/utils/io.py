@@ -1,27 +1,60 @@
-"""Atomic file writes and small JSON helpers shared by every long job."""
+"""Atomic file writes, stale-temp cleanup and small JSON helpers shared by every long job.
+
+Temp files are created with the mode `open()` would give (0666 minus the umask), not mkstemp's 0600,
+so colleagues on a shared machine can read what zscir writes when the umask allows it. Their names
+carry the writing process (`.{name}.{pid}-{host}-{random}.tmp`), so the next run can tell the temp
+files of a killed writer (stale: removed by `remove_stale_temps`) from those of a live one.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+# .{name}.{pid}-{host}-{8 hex}.tmp (atomic_path) and the older mkstemp form .{name}.{8 chars}.tmp
+_TEMP_RE = re.compile(r"^\..+\.(?:(?P<pid>\d+)-(?P<host>.*)-[0-9a-f]{8}|[A-Za-z0-9_]{8})\.tmp$")
+# temp folders of the training loop and the demo: .tmp-{name}, .old-{name}, .{name}.tmp
+_TEMP_DIR_RE = re.compile(r"^\.(?:tmp-.+|old-.+|.+\.tmp)$")
+STALE_AFTER_S = 3600.0  # a temp file of another host (or without an owner) untouched this long is stale
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+
+
+def temp_name(path: Path) -> str:
+    """The temp-file name atomic_path uses for `path` (owner pid and host in it)."""
+    return f".{path.name}.{os.getpid()}-{_host()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success it is renamed onto `path`.
 
-    An interrupted writer leaves no half-written file under the final name.
+    An interrupted writer leaves no half-written file under the final name (and the next run's
+    `remove_stale_temps` removes its temp file). The file gets the umask's mode (0666 & ~umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp_path = path.parent / temp_name(path)
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode: 0666 minus the umask
+            break
+        except FileExistsError:  # 32 random bits collided: draw again
+            continue
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -30,25 +63,176 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale_temp(path: Path, now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
+    """True for a temp file that no live writer owns.
+
+    A temp file of this host is stale when its writer's pid is gone; one of another host (a shared
+    file system) or of the older unnamed form when it was not modified for `stale_after` seconds.
+    """
+    match = _TEMP_RE.match(path.name)
+    if match is None:
+        return False
+    pid, host = match.group("pid"), match.group("host")
+    if pid is not None and host == _host():
+        return int(pid) != os.getpid() and not _pid_alive(int(pid))
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > stale_after
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Delete the temp files that killed runs left in `folder` (see `is_stale_temp`); live writers' stay.
+
+    Args:
+        folder: the output folder of a long job (missing folders are fine).
+        recursive: also look in sub-folders.
+    Returns:
+        How many files were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    candidates = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
+    for p in list(candidates):
+        if p.is_file() and is_stale_temp(p):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def remove_temp_dirs(folder: str | os.PathLike) -> int:
+    """Delete temp folders (`.tmp-*`, `.old-*`, `.*.tmp`) directly in `folder`, a folder only one run writes.
+
+    Returns:
+        How many folders were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in folder.iterdir():
+        if p.is_dir() and _TEMP_DIR_RE.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to `path` atomically (temp file + rename)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
+def _first_non_finite(obj: Any, where: str = "") -> str | None:
+    """JSON path of the first NaN/inf float in `obj`, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _first_non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _first_non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write `obj` as JSON to `path` atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
+    """Write `obj` as strict JSON to `path` atomically.
+
+    Raises:
+        ValueError: `obj` holds NaN or infinity (not valid JSON; the message names the field). Callers
+            record such a value as null (or leave it out) explicitly.
+    """
+    try:
+        text = json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path}: refusing to write a non-finite number at {_first_non_finite(obj)} "
+                         "(NaN/inf is not JSON)") from None
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing or malformed file raises DataError naming it."""
+MAX_JSON_DEPTH = 64  # real annotation files nest 3 levels; a deeper file is refused before json recurses
+
+
+def _check_depth(text: str, limit: int) -> int | None:
+    """Position where bracket nesting (outside strings) exceeds `limit`, else None. Linear scan."""
+    depth, in_string, escape = 0, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return i
+        elif ch in "]}":
+            depth -= 1
+    return None
+
+
+def parse_json_text(text: str, source: str | os.PathLike, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON text, refusing nesting deeper than `max_depth` (json would hit the recursion limit).
+
+    Raises:
+        DataError: malformed or too deeply nested (the message names `source` and the position).
+    """
+    from zscir.errors import DataError
+
+    deep = _check_depth(text, max_depth)
+    if deep is not None:
+        line = text.count("\n", 0, deep) + 1
+        raise DataError(f"{source}: JSON nested deeper than {max_depth} levels (at line {line}); "
+                        "expected an annotation file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except RecursionError:
+        raise DataError(f"{source}: JSON nested too deeply") from None
+
+
+def read_text_utf8(path: str | os.PathLike) -> str:
+    """Read a text file as UTF-8 (a BOM is accepted).
+
+    Raises:
+        DataError: missing file, or bytes that are not UTF-8 (the message names the byte offset).
+    """
     from zscir.errors import DataError
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                        "save the file as UTF-8") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing, non-UTF-8, malformed or absurdly nested file raises DataError naming it."""
+    return parse_json_text(read_text_utf8(path), path)
