@@ -57,3 +57,23 @@ def tiny_backbone(tiny_clip_dir):
     from zscir.models.backbone import Backbone
 
     return Backbone.load(str(tiny_clip_dir))
+
+
+def stale_temp(path, pid=None):
+    """The temp-file path a killed writer of `path` would have left (`atomic_path`'s name, a dead pid).
+
+    With `pid`, the temp name of that process instead.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from zscir.utils.io import temp_name
+
+    if pid is None:
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        pid = child.stdout.strip()
+    path = Path(path)
+    mine = temp_name(path)  # .{name}.{pid}-{host}-{hex}.tmp with this process's pid
+    own = mine[len(path.name) + 2:].split("-", 1)[0]
+    return path.parent / mine.replace(f".{own}-", f".{pid}-", 1)

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import stale_temp
 from PIL import Image
 
 from zscir.cli import main as cli_main
@@ -258,7 +259,7 @@ def test_download_fashioniq_end_to_end_and_resume(server, tmp_path):
     # Resume: damage one file, corrupt another, leave a stale temp; rerun refetches only those.
     (out / "D2.jpg").write_bytes(_image_bytes("JPEG", seed=2)[:300])
     (out / "S3.jpg").write_bytes(b"garbage")
-    (out / ".D1.jpg.abc123.tmp").write_bytes(b"half")
+    stale_temp(out / "D1.jpg").write_bytes(b"half")
     before = dict(server.hits)
     report2 = download_fashioniq(urls, out, workers=4, **FAST)
     assert report2["downloaded"] == 2 and report2["present"] == 6 and report2["dead"] == 4

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stale_temp
 
 from zscir.errors import DataError, ZscirError
 
@@ -122,11 +123,13 @@ def test_interrupted_run_keeps_finished_chunks_and_resumes(gallery, tiny_backbon
         _index(gallery, tiny_backbone, out, chunk_size=2, on_chunk=interrupt)
     assert not (out / "manifest.json").exists()
     assert len(list((out / "chunks").glob("chunk-*.safetensors"))) == 2
-    # a half-written temp file from the kill is ignored
-    (out / "chunks" / ".chunk-000002.safetensors.123.tmp").write_bytes(b"partial")
+    # a half-written temp file from the kill is ignored, then removed
+    leftover = stale_temp(out / "chunks" / "chunk-000002.safetensors")
+    leftover.write_bytes(b"partial")
     resumed = _index(gallery, tiny_backbone, out, chunk_size=2)
     # chunk 1 = [F.PNG, a.png], chunk 2 = [b.png, broken.png] → 3 images were already encoded
     assert (resumed.encoded, resumed.reused, resumed.count) == (4, 3, 7)
+    assert not leftover.exists()
     _index(gallery, tiny_backbone, tmp_path / "fresh")
     _assert_same_index(out, tmp_path / "fresh")
 

@@ -217,16 +217,13 @@ def test_resume_refuses_a_changed_config_unless_allowed_and_records_what_was_use
                                         "checkpoint_every": {"was": 2, "now": 1}, "max_steps": {"was": 2, "now": 4}}]
     # the new lr really took effect: 2 steps at 0.05 then 2 at 0.5 differ from 4 steps at 0.05
     same = ToyTask()
-    train(same, _config(tmp_path, "same", max_steps=2, checkpoint_every=2, lr=0.05))
-    train(same := ToyTask(), _config(tmp_path, "same", max_steps=4, resume=True))
+    train(same, _config(tmp_path, "same", max_steps=4, lr=0.05))
     assert not torch.allclose(_weights(changed), _weights(same), atol=1e-4)
     # and equal a run whose optimiser lr is switched by hand after 2 steps (the definition)
-    reference = ToyTask()
-    train(reference, _config(tmp_path, "ref-a", max_steps=2, checkpoint_every=2, lr=0.05))
-    assert_lr_switch_matches(tmp_path, changed)
+    assert_lr_switch_matches(changed)
 
 
-def assert_lr_switch_matches(tmp_path, changed):
+def assert_lr_switch_matches(changed):
     """2 steps at lr 0.05, then 2 steps at 0.5 from the same optimiser state, written without the loop's resume."""
     task = ToyTask()
     torch.manual_seed(3)  # the loop's set_seed(seed + rank) for a fresh run

@@ -28,6 +28,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: $ZSCIR_CACHE/features)")
     parser.add_argument("--no-cache", action="store_true", help="keep no features on disk")
+    parser.add_argument("--hash-images", action="store_true",
+                        help="key cached features by each image's SHA-256 (default: its size and modification times)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zscir.errors import DataError
-from zscir.utils.io import write_bytes_atomic, write_json_atomic
+from zscir.utils.io import remove_stale_temps, write_bytes_atomic, write_json_atomic
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 REPORT_NAME = "download_report.json"
@@ -247,16 +247,6 @@ def find_valid_image(out_dir: str | os.PathLike, asin: str) -> Path | None:
     return valid
 
 
-def _remove_stale_temps(out_dir: Path) -> int:
-    """Delete temp files a killed run left behind (atomic_path names them `.{name}.XXXX.tmp`)."""
-    n = 0
-    for p in out_dir.glob(".*.tmp"):
-        if re.fullmatch(r"\..+\.(jpg|png|json)\..+\.tmp", p.name):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -444,7 +434,7 @@ def download_images(
         raise DataError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out_dir)
+    remove_stale_temps(out_dir)  # temp files of a killed run
     opener = urllib.request.build_opener()
     stop = threading.Event()
     results: list[ItemResult] = []

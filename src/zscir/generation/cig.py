@@ -39,6 +39,7 @@ from zscir.generation.conditioning import (
     save_conditioning,
 )
 from zscir.generation.options import SCHEDULERS, GenerationConfig  # noqa: F401  (re-exported)
+from zscir.utils.io import remove_stale_temps
 
 MANIFEST = "manifest.json"
 IMAGE_SUFFIX = ".png"
@@ -345,6 +346,9 @@ def generate_pseudo_targets(pipe, splits: Sequence, out_dir: str | Path, config:
         conditioner.check_unet(pipe.unet.config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, conditioning_dir):  # half-written PNGs / conditionings of a killed run
+        if folder is not None:
+            remove_stale_temps(folder)
     cdir = Path(conditioning_dir) if conditioning_dir is not None else None
     index, count = shard
     items = [(s, q) for s in splits for q in s.queries][:limit][index::count]

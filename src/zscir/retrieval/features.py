@@ -1,10 +1,13 @@
 """On-disk cache of image features (and of small derived tensors such as query matrices).
 
 Image features are computed once per key = (backbone vision fingerprint, preprocessing, ordered
-list of (name, path)) and stored under `{cache_dir}/images/{key}/` as chunk files
+list of (name, path, file stamp)) and stored under `{cache_dir}/images/{key}/` as chunk files
 (`chunk-00000.safetensors`, ...) plus an `index.json`. Chunks are written atomically as they finish,
-so a killed extraction keeps its finished chunks and the rerun only encodes the rest. Any change of
-the weights, the image processor, the dtype, the target-pad option or the image list changes the key.
+so a killed extraction keeps its finished chunks and the rerun only encodes the rest (and removes
+the temp files the killed one left). Any change of the weights, the image processor, the dtype, the
+target-pad option, the image list or a file changes the key: the stamp of a file is its size,
+modification and status-change times (a file replaced in place, even with its old mtime restored,
+gets a new ctime), or with `content_hash=True` the SHA-256 of its bytes (slower: reads every file).
 
 Images that are missing or do not decode are not cached as failures: their rows are marked invalid
 and retried on the next run (the user may have fixed them). The caller decides whether a failure
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: file stamps in the key
 INDEX_NAME = "index.json"
 
 
@@ -75,6 +78,27 @@ class ImageFeatures:
         return self.features.index_select(0, index) if len(index) else self.features[:0]
 
 
+def _stat_stamp(path: Path) -> list[int] | None:
+    """(size, mtime_ns, ctime_ns) of a file, None when it is missing (a file that appears changes the key)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _content_stamp(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _try_load(path: Path):
     """(image, None) or (None, reason) for one file."""
     from zscir.data.images import load_image
@@ -94,29 +118,38 @@ class FeatureCache:
         chunk_size: images per chunk file (the unit of resumption).
         workers: threads that decode images while the model runs.
         progress: show tqdm bars (hidden when not a TTY).
+        content_hash: stamp files by the SHA-256 of their bytes instead of (size, mtime, ctime).
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, chunk_size: int = 1024, workers: int = 4,
-                 progress: bool = True, enabled: bool = True):
+                 progress: bool = True, enabled: bool = True, content_hash: bool = False):
         self.root = Path(cache_dir) if cache_dir is not None else default_feature_dir()
         self.chunk_size = max(1, int(chunk_size))
         self.workers = max(1, int(workers))
         self.progress = progress
         self.enabled = enabled
+        self.content_hash = content_hash
 
     # ---- keys ---------------------------------------------------------------------------------
     @staticmethod
-    def image_key(vision_fingerprint: str, images: Mapping[str, os.PathLike], pad_to_ratio: float | None) -> str:
-        """Cache key of an image list under a backbone and preprocessing.
+    def image_key(vision_fingerprint: str, images: Mapping[str, os.PathLike], pad_to_ratio: float | None,
+                  content_hash: bool = False, workers: int = 4) -> str:
+        """Cache key of an image list (and of what the files hold) under a backbone and preprocessing.
 
         Args:
             vision_fingerprint: `Backbone.vision_fingerprint()` (weights, image processor and dtype).
             images: ordered {name: path}.
             pad_to_ratio: the target-pad ratio (None = plain CLIP preprocessing).
+            content_hash: stamp each file by its SHA-256 instead of (size, mtime, ctime).
+            workers: threads that stat / hash the files.
         Returns:
             A hex string, the folder name under `{cache_dir}/images/`.
         """
-        listing = [[name, str(Path(p).expanduser().absolute())] for name, p in images.items()]
+        paths = [Path(p).expanduser().absolute() for p in images.values()]
+        stamp = _content_stamp if content_hash else _stat_stamp
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            stamps = list(pool.map(stamp, paths))
+        listing = [[name, str(p), st] for name, p, st in zip(images, paths, stamps)]
         return hash_parts(CACHE_VERSION, vision_fingerprint, {"pad_to_ratio": pad_to_ratio}, listing)
 
     # ---- image features -----------------------------------------------------------------------
@@ -139,8 +172,11 @@ class FeatureCache:
         key = folder = None
         if self.enabled:
             fingerprint = backbone.vision_fingerprint()
-            key = self.image_key(fingerprint, images, pad_to_ratio)
+            key = self.image_key(fingerprint, images, pad_to_ratio, self.content_hash, self.workers)
             folder = self.root / "images" / key
+            from zscir.utils.io import remove_stale_temps
+
+            remove_stale_temps(folder)  # chunks a killed extraction was writing
             self._write_index(folder, key, names, paths, dim, pad_to_ratio, backbone.name, fingerprint)
         chunks = [slice(s, min(s + self.chunk_size, len(names))) for s in range(0, len(names), self.chunk_size)]
         features = torch.zeros(len(names), dim)
@@ -201,9 +237,10 @@ class FeatureCache:
             return compute()
         from safetensors.torch import load_file, save_file
 
-        from zscir.utils.io import atomic_path
+        from zscir.utils.io import atomic_path, remove_stale_temps
 
         path = self.root / kind / f"{hash_parts(CACHE_VERSION, *key_parts)}.safetensors"
+        remove_stale_temps(path.parent)
         if path.is_file():
             try:
                 return load_file(str(path))["tensor"]

@@ -216,7 +216,7 @@ def index_folder(
         ZscirError: missing folder, no images, no readable image, unknown backend.
     """
     from zscir.retrieval.index import BACKENDS, build_index
-    from zscir.utils.io import write_json_atomic
+    from zscir.utils.io import remove_stale_temps, write_json_atomic
 
     images_dir, index_dir = Path(images_dir).expanduser(), Path(index_dir).expanduser()
     if backend not in BACKENDS:
@@ -232,6 +232,7 @@ def index_folder(
     fingerprint = backbone.vision_fingerprint()
     chunk_dir = index_dir / CHUNK_DIR
     chunk_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(index_dir, recursive=True)  # chunk / snapshot / manifest temp files of a killed run
     records, tensors, stale = _read_chunks(chunk_dir, fingerprint)
     for path in stale:  # chunks of other weights or damaged files: useless from now on
         path.unlink(missing_ok=True)

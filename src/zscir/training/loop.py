@@ -208,7 +208,13 @@ def list_checkpoints(folder: Path, include_diverged: bool = False) -> list[tuple
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder `tmp` at `final` (an older `final` is moved aside first, then deleted)."""
+    """Put the finished folder `tmp` at `final` (an older `final` is moved aside first, then deleted).
+
+    Its files get the umask's mode first (safetensors and `save_pretrained` write 0600 files).
+    """
+    from zscir.utils.io import apply_umask_modes
+
+    apply_umask_modes(tmp)
     old = final.with_name(f".old-{final.name}")
     if old.exists():
         shutil.rmtree(old)

@@ -54,13 +54,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             break
         except FileExistsError:  # 32 random bits collided: draw again
             continue
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         yield tmp_path
+        if tmp_path.exists() and (tmp_path.stat().st_mode & 0o777) != mode:
+            os.chmod(tmp_path, mode)  # writers that replace the file (safetensors: always 0600) lose the mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def umask_file_mode(folder: str | os.PathLike) -> int:
+    """The mode a new file gets in `folder` under the current umask (probed: reading the umask is not thread-safe)."""
+    probe = Path(folder) / temp_name(Path("mode-probe"))
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def apply_umask_modes(folder: str | os.PathLike) -> None:
+    """Give every file under a folder zscir just wrote the umask's mode.
+
+    Library writers zscir calls (safetensors, hence every `save_pretrained`) create 0600 files whatever the
+    umask; call this on the finished temp folder before it is renamed into place.
+    """
+    folder = Path(folder)
+    mode = umask_file_mode(folder)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
 
 
 def _pid_alive(pid: int) -> bool:
