@@ -32,3 +32,9 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(f"{module} is not installed: pip install 'zscir[{extra}]' ({exc})") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """`"{type}: {first line of the message}"`: library exceptions often span many lines; ours are one."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -79,6 +79,9 @@ def add_searle_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the corpus, mask it once, train Phi (or distil SEARLE's), print where it was saved."""
+    from zscir.errors import require
+
+    require("accelerate", "train")  # before reading data and loading models
     import os
 
     from zscir.errors import ZscirError

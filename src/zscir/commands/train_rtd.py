@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the triplets, train the text tower, print where it was saved."""
+    from zscir.errors import require
+
+    require("accelerate", "train")  # before reading data and loading models
     import os
     from pathlib import Path
 

@@ -32,11 +32,37 @@ def load_image(path: str | os.PathLike):
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode == "P" and "transparency" in image.info:
-                image = image.convert("RGBA")
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad files
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def to_rgb(image):
+    """An RGB copy of a PIL image, with high-bit-depth grayscale scaled to 8 bits.
+
+    PIL's own `convert("RGB")` clips 16-bit values (mode "I;16", "I") at 255, which turns a 16-bit
+    grayscale PNG almost white; here 0..65535 maps to 0..255. Mode "I" holding only 8-bit values
+    (max ≤ 255) is taken as 8-bit, mode "F" as 0..1 when its max is ≤ 1 (else 0..255). Palette images with
+    transparency go through RGBA first.
+    """
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+            scale = 255.0 / 65535.0 if peak <= 65535 else 255.0 / peak
+        elif image.mode == "F" and peak <= 1.0:
+            scale = 255.0
+        else:
+            scale = 1.0
+        gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
 
 
 def list_files(directory: str | os.PathLike) -> set[str]:

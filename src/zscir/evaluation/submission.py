@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from zscir.data.records import CIRSplit
 from zscir.errors import DataError, ZscirError
 from zscir.evaluation.metrics import allowed_mask, as_scores, rank_gallery
@@ -26,6 +28,14 @@ def _ranked_names(split: CIRSplit, scores, k: int, remove_reference: bool, restr
     """Top-k gallery names per query."""
     s = as_scores(scores, (len(split.queries), len(split.gallery)))
     mask = allowed_mask(split, remove_reference, restrict_to_group) if remove_reference or restrict_to_group else None
+    counts = mask.sum(1) if mask is not None else torch.full((len(split.queries),), len(split.gallery))
+    if len(counts) and int(counts.min()) < k:
+        row = int(counts.argmin())
+        pool = "its image set" if restrict_to_group else "the gallery"
+        extra = " minus its reference" if remove_reference else ""
+        raise DataError(f"{split.name}: query {split.queries[row].query_id} can be ranked against only "
+                        f"{int(counts[row])} images ({pool}{extra}, {len(split.gallery)} gallery images), but the test "
+                        f"server expects {k} per query; is the split complete?")
     ranked = rank_gallery(s, k, mask)
     return [[split.gallery[j] for j in row] for row in ranked.tolist()]
 

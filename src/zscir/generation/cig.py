@@ -130,6 +130,10 @@ def load_generator(source: str | Path, unet: str | Path | None = None, vae: str 
         ModelLoadError: missing folder or unreachable hub id, unknown scheduler.
     """
     from zscir.models.backbone import resolve_dtype
+    from zscir.utils.device import check_device
+
+    if not cpu_offload:
+        check_device(device)
 
     diffusers = require("diffusers", "generate")
     if scheduler not in SCHEDULERS:

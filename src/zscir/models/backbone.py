@@ -131,6 +131,7 @@ class Backbone:
             load_vision / load_text: skip a tower that a job does not need.
         Raises:
             ModelLoadError: unknown name (lists known names), unreachable hub, missing folder.
+            ZscirError: a device this machine does not have.
         """
         from transformers import (
             AutoTokenizer,
@@ -140,7 +141,9 @@ class Backbone:
         )
 
         from zscir.registry import resolve_backbone
+        from zscir.utils.device import check_device
 
+        device = check_device(device)
         source, spec = resolve_backbone(name_or_path)
         if spec is not None and spec.source.startswith("{cache}") and not Path(source).exists():
             raise ModelLoadError(f"{name_or_path!r} has not been built yet (expected at {source}); run `zscir demo`")

@@ -7,13 +7,13 @@ the published checkpoint formats unchanged and from zscir's own self-describing 
 
 from __future__ import annotations
 
-import json
+import inspect
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from zscir.errors import ModelLoadError
+from zscir.errors import ModelLoadError, first_line
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -55,7 +55,7 @@ class Phi(nn.Module):
             keys = sorted(state)[:6]
             raise ModelLoadError(f"not a Phi state dict: missing key {exc.args[0]!r} (have {keys})") from exc
         phi = cls(first.shape[1], last.shape[0], first.shape[0], dropout)
-        phi.load_state_dict(state)
+        load_state_checked(phi, state, "Phi state dict")
         return phi
 
 
@@ -90,13 +90,70 @@ class Pic2WordMapper(nn.Module):
         blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
         if not blocks or "fc_out.weight" not in state:
             raise ModelLoadError(f"not a Pic2Word mapping state dict (have keys {sorted(state)[:6]})")
+        if "layers.0.0.weight" not in state:
+            raise ModelLoadError(f"not a Pic2Word mapping state dict: missing key 'layers.0.0.weight' "
+                                 f"(have {sorted(state)[:6]})")
         first = state["layers.0.0.weight"]
         net = cls(first.shape[1], state["fc_out.weight"].shape[0], first.shape[0], len(blocks))
-        net.load_state_dict(state)
+        load_state_checked(net, state, "Pic2Word state dict")
         return net
 
 
 NETWORKS = {cls.kind: cls for cls in (Phi, Pic2WordMapper)}
+
+
+def load_state_checked(net: nn.Module, state: dict, where: str) -> None:
+    """`net.load_state_dict(state)` that fails with one line naming missing, unexpected and mis-shaped keys.
+
+    Raises:
+        ModelLoadError: "{where}: missing layers.6.weight; layers.3.weight is [96, 96] in the file, [128, 128]
+            expected".
+    """
+    own = net.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        problems.append("missing " + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else ""))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else ""))
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            problems.append(f"{k} is a {type(v).__name__}, not a tensor")
+        elif k in own and tuple(v.shape) != tuple(own[k].shape):
+            problems.append(f"{k} is {list(v.shape)} in the file, {list(own[k].shape)} expected")
+    if problems:
+        raise ModelLoadError(f"{where}: does not fit the network: " + "; ".join(problems[:4]))
+    net.load_state_dict(state)
+
+
+def _network_from_config(config_path: Path) -> nn.Module:
+    """The (untrained) network a zscir `config.json` describes; unknown or missing fields are one-line errors."""
+    from zscir.utils.io import read_json
+
+    config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path}: expected an object of network fields, got {type(config).__name__}")
+    kind = config.pop("kind", "phi")
+    if kind not in NETWORKS:
+        raise ModelLoadError(f"{config_path}: unknown kind {kind!r}; expected one of {sorted(NETWORKS)}")
+    cls = NETWORKS[kind]
+    params = inspect.signature(cls.__init__).parameters
+    known = [name for name in params if name != "self"]
+    required = [name for name, p in params.items() if name != "self" and p.default is inspect.Parameter.empty]
+    unknown = sorted(set(config) - set(known))
+    absent = [name for name in required if name not in config]
+    if unknown or absent:
+        what = "; ".join(x for x in (unknown and f"unknown field(s) {', '.join(unknown)}",
+                                     absent and f"missing field(s) {', '.join(absent)}") if x)
+        raise ModelLoadError(f"{config_path}: {what} for kind {kind!r} (expected {', '.join(known)})")
+    bad = [k for k, v in config.items() if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool))]
+    if bad:
+        raise ModelLoadError(f"{config_path}: field {bad[0]} must be a number, got {config[bad[0]]!r}")
+    try:
+        return cls(**config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{config_path}: cannot build a {kind} network from it ({first_line(exc)})") from exc
 
 
 def save_pretrained(net: nn.Module, folder: str | Path) -> Path:
@@ -136,19 +193,10 @@ def load_inversion_network(path: str | Path, device: str | torch.device = "cpu")
         config_path = path / CONFIG_NAME
         if not config_path.is_file():
             raise ModelLoadError(f"{path}: no {CONFIG_NAME}; expected a folder written by zscir's save_pretrained")
-        from safetensors.torch import load_file
-
-        config = json.loads(config_path.read_text())
-        kind = config.pop("kind", "phi")
-        if kind not in NETWORKS:
-            raise ModelLoadError(f"{config_path}: unknown kind {kind!r}; expected one of {sorted(NETWORKS)}")
-        net = NETWORKS[kind](**config)
-        net.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        net = _network_from_config(config_path)
+        load_state_checked(net, read_safetensors(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
     elif path.is_file():
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        checkpoint = torch_load_weights(path)
         if isinstance(checkpoint, dict) and "Phi" in checkpoint:
             net = Phi.from_state_dict(checkpoint["Phi"])
         elif isinstance(checkpoint, dict) and "state_dict_img2text" in checkpoint:
@@ -160,7 +208,39 @@ def load_inversion_network(path: str | Path, device: str | torch.device = "cpu")
             raise ModelLoadError(f"{path}: no 'Phi' or 'state_dict_img2text' entry (found {keys})")
     else:
         raise ModelLoadError(f"{path}: no such file or folder")
-    return net.to(device).eval()
+    from zscir.utils.device import check_device
+
+    return net.to(check_device(device)).eval()
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing, truncated or foreign file is a one-line ModelLoadError."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing (the weights of this folder)")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError, ValueError on truncated / foreign bytes
+        raise ModelLoadError(f"{path}: not a readable safetensors file, truncated or damaged? ({first_line(exc)})") \
+            from exc
+
+
+def torch_load_weights(path: Path):
+    """`torch.load(weights_only=True)` with one-line errors: corrupt files, and pickles that need code, are refused.
+
+    Raises:
+        ModelLoadError: names the file and says why (never unpickles arbitrary objects).
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(f"{path}: refused: this pickle holds more than tensors and plain containers, and loading "
+                             f"it could run code ({first_line(exc)[:160]}); convert it to tensors only") from exc
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise ModelLoadError(f"{path}: not a readable torch checkpoint ({first_line(exc)[:200]})") from exc
 
 
 def check_fits(net: nn.Module, backbone) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from zscir.errors import ModelLoadError
+from zscir.errors import ModelLoadError, first_line
 
 RTD_KEY = "CLIPTextModelWithProjection"
 
@@ -23,23 +23,24 @@ def load_text_tower(path: str | Path, like: torch.nn.Module) -> torch.nn.Module:
     """
     from transformers import CLIPTextModelWithProjection
 
+    from zscir.models.phi import load_state_checked, torch_load_weights
+
     path = Path(path)
     if path.is_dir():
         try:
             return CLIPTextModelWithProjection.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: not a text-tower folder ({exc})") from exc
+        except Exception as exc:  # OSError, ValueError, SafetensorError (truncated weights), ...
+            raise ModelLoadError(f"{path}: not a text-tower folder ({first_line(exc)[:200]})") from exc
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such text-encoder file or folder")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = torch_load_weights(path)
     if not isinstance(checkpoint, dict) or RTD_KEY not in checkpoint:
-        found = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        found = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ModelLoadError(f"{path}: expected a {{'{RTD_KEY}': state_dict}} file, found {found}")
+    if not isinstance(checkpoint[RTD_KEY], dict):
+        raise ModelLoadError(f"{path}: '{RTD_KEY}' holds a {type(checkpoint[RTD_KEY]).__name__}, not a state dict")
     tower = copy.deepcopy(like).float()
-    try:
-        tower.load_state_dict(checkpoint[RTD_KEY])
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{path}: state dict does not fit the backbone's text tower: {exc}") from exc
+    load_state_checked(tower, checkpoint[RTD_KEY], f"{path}: the backbone's text tower")
     return tower
 
 

@@ -371,6 +371,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
         TrainingDiverged: NaN/inf loss (weights of that step not updated, no checkpoint written after it).
         ZscirError: existing checkpoints without `resume`, bad config.
     """
+    _require_accelerate()  # one line naming the extra, before anything imports accelerate
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
