@@ -34,8 +34,8 @@ def _ranked_names(split: CIRSplit, scores, k: int, remove_reference: bool, restr
         pool = "its image set" if restrict_to_group else "the gallery"
         extra = " minus its reference" if remove_reference else ""
         raise DataError(f"{split.name}: query {split.queries[row].query_id} can be ranked against only "
-                        f"{int(counts[row])} images ({pool}{extra}, {len(split.gallery)} gallery images), but the test "
-                        f"server expects {k} per query; is the split complete?")
+                        f"{int(counts[row])} images ({pool}{extra}, {len(split.gallery)} gallery images), but the "
+                        f"test server expects {k} per query; is the split complete?")
     ranked = rank_gallery(s, k, mask)
     return [[split.gallery[j] for j in row] for row in ranked.tolist()]
 
