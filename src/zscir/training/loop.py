@@ -531,7 +531,8 @@ def _validate(accelerator, task, model, config, step, state, out, writer) -> dic
         value = metrics[config.select_metric]
         if math.isnan(value):
             raise ZscirError(f"validation metric {config.select_metric} is NaN at step {step}")
-        record = {"step": step, **metrics}
+        # a non-finite secondary metric is recorded as null: JSON has no NaN (the selection metric is finite)
+        record = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}
         state["history"].append(record)
         if writer is not None:
             for name, v in metrics.items():
