@@ -36,13 +36,15 @@ def _rng(name: str) -> random.Random:
     return random.Random(f"{SEED}:{name}")
 
 
-def _kill_during(argv: list[str], progress, target: int, rng: random.Random, tmp_path: Path) -> None:
-    """Run `zscir argv` in a subprocess and SIGKILL it once `progress()` reaches `target` (+ a random delay)."""
+def _kill_during(argv: list[str], progress, target: int, rng: random.Random, tmp_path: Path,
+                 command: list[str] | None = None) -> None:
+    """Run `zscir argv` (or `command`) in a subprocess; SIGKILL it once `progress()` reaches `target`, plus a
+    random delay."""
     # the same thread count as this process: float reductions then add up in the same order, bit for bit
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
            "ZSCIR_CACHE": str(tmp_path / "zc")}
-    proc = subprocess.Popen([sys.executable, "-m", "zscir.cli", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command or [sys.executable, "-m", "zscir.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900  # a loaded CI machine can be very slow
     try:
         while progress() < target:
@@ -205,21 +207,9 @@ def test_kill_feature_caching(tiny_clip_dir, tiny_backbone, tmp_path):
     paths = {p.stem: p for p in sorted(images.glob("*.png"))}
     cache = tmp_path / "cache"
     rng = _rng("features")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-c", FEATURE_SCRIPT, str(tiny_clip_dir), str(images), str(cache)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target, deadline = rng.randint(1, 8), time.monotonic() + 900
-    try:
-        while _count(cache, "images/*/chunk-*.safetensors") < target:
-            assert proc.poll() is None, f"ended before the kill point: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, 0.01))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    target = rng.randint(1, 8)
+    _kill_during([], lambda: _count(cache, "images/*/chunk-*.safetensors"), target, rng, tmp_path,
+                 command=[sys.executable, "-c", FEATURE_SCRIPT, str(tiny_clip_dir), str(images), str(cache)])
     resumed = FeatureCache(cache, chunk_size=1, workers=1, progress=False).image_features(tiny_backbone, paths,
                                                                                            batch_size=1)
     assert resumed.num_encoded <= len(paths) - target and not resumed.failed  # finished chunks were reused

@@ -376,7 +376,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     from zscir.training.checkpoint import check_checkpoint_files, load_training_state
-    from zscir.utils.io import read_json, remove_stale_temps, remove_temp_dirs, write_json_atomic
+    from zscir.utils.io import read_json, remove_stale_temps, write_json_atomic
 
     config.check()
     out = Path(config.output_dir)
@@ -391,8 +391,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     try:
         if main:  # leftovers of a killed run: half-written checkpoint / model folders and temp files
             for folder in (out, ckpt_root):
-                remove_temp_dirs(folder)
-                remove_stale_temps(folder)
+                remove_stale_temps(folder, temp_dirs=True)
         accelerator.wait_for_everyone()
         set_seed(config.seed)
         task.setup(accelerator)

@@ -119,42 +119,30 @@ def is_stale_temp(path: Path, now: float | None = None, stale_after: float = STA
     return age > stale_after
 
 
-def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False, temp_dirs: bool = False) -> int:
     """Delete the temp files that killed runs left in `folder` (see `is_stale_temp`); live writers' stay.
 
     Args:
         folder: the output folder of a long job (missing folders are fine).
         recursive: also look in sub-folders.
+        temp_dirs: also delete temp folders (`.tmp-*`, `.old-*`, `.*.tmp`) directly in `folder`, whatever
+            their age: only for a folder that one run writes at a time (a training run's own folder).
     Returns:
-        How many files were removed.
+        How many files and folders were removed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    removed = 0
     candidates = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
-    for p in list(candidates):
-        if p.is_file() and is_stale_temp(p):
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def remove_temp_dirs(folder: str | os.PathLike) -> int:
-    """Delete temp folders (`.tmp-*`, `.old-*`, `.*.tmp`) directly in `folder`, a folder only one run writes.
-
-    Returns:
-        How many folders were removed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    for p in folder.iterdir():
-        if p.is_dir() and _TEMP_DIR_RE.match(p.name):
+    stale = [p for p in candidates if p.is_file() and is_stale_temp(p)]
+    if temp_dirs:
+        stale += [p for p in folder.iterdir() if p.is_dir() and _TEMP_DIR_RE.match(p.name)]
+    for p in stale:
+        if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
-            removed += 1
-    return removed
+        else:
+            p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -168,16 +156,12 @@ def _first_non_finite(obj: Any, where: str = "") -> str | None:
     if isinstance(obj, float) and not math.isfinite(obj):
         return where or "(top level)"
     if isinstance(obj, dict):
-        for k, v in obj.items():
-            found = _first_non_finite(v, f"{where}.{k}" if where else str(k))
-            if found:
-                return found
+        children = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
     elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            found = _first_non_finite(v, f"{where}[{i}]")
-            if found:
-                return found
-    return None
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    return next((found for path, v in children if (found := _first_non_finite(v, path))), None)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
