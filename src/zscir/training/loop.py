@@ -375,7 +375,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from zscir.training.checkpoint import check_checkpoint_files, load_training_state
+    from zscir.training.checkpoint import load_training_state
     from zscir.utils.io import read_json, remove_stale_temps, write_json_atomic
 
     config.check()
@@ -414,8 +414,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
         last_ckpt = None
         if config.resume and existing:
             last_ckpt = existing[-1][1]
-            check_checkpoint_files(last_ckpt)
-            saved = read_json(last_ckpt / STATE_FILE)
+            saved = read_json(last_ckpt / STATE_FILE)  # JSON: safe to read before the folder is checked
             changed = _check_resume_config(saved.get("config", {}), run_config, config.allow_config_change,
                                            last_ckpt)
             load_training_state(accelerator, *training, last_ckpt)  # model, optimiser, scheduler, scaler, RNG
