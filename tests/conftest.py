@@ -33,6 +33,20 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def real_clip_tokenizer():
+    """OpenAI CLIP's real tokenizer (vocab 49408), built from the vendored BPE merges."""
+    from zscir.models.tokenizer import openai_clip_tokenizer
+
+    return openai_clip_tokenizer(model_max_length=77)
+
+
+@pytest.fixture(scope="session", params=["world-bpe", "real-clip-bpe"])
+def clip_tokenizer(request):
+    """Each test that takes this runs twice: on the small trained BPE and on the real CLIP BPE."""
+    return request.getfixturevalue("tiny_tokenizer" if request.param == "world-bpe" else "real_clip_tokenizer")
+
+
+@pytest.fixture(scope="session")
 def tiny_size():
     """A CLIP small enough for unit tests; projection ≠ hidden so dims cannot be confused."""
     from zscir.models.factory import ClipSize
@@ -51,12 +65,39 @@ def tiny_clip_dir(tmp_path_factory, tiny_tokenizer, tiny_size):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_real_clip_dir(tmp_path_factory, real_clip_tokenizer, tiny_size):
+    """Like `tiny_clip_dir`, but with the real CLIP tokenizer (token embedding 49408 × 32)."""
+    import copy
+
+    from zscir.models.factory import build_clip, save_clip_folder
+
+    folder = tmp_path_factory.mktemp("tiny-real-clip")
+    tokenizer = copy.deepcopy(real_clip_tokenizer)  # save_clip_folder sets the context length on it
+    save_clip_folder(build_clip(tokenizer, tiny_size, seed=0), tokenizer, folder, tiny_size)
+    return folder
+
+
 @pytest.fixture()
 def tiny_backbone(tiny_clip_dir):
     """A fresh `Backbone` on the tiny CLIP (fp32, CPU)."""
     from zscir.models.backbone import Backbone
 
     return Backbone.load(str(tiny_clip_dir))
+
+
+@pytest.fixture()
+def tiny_real_backbone(tiny_real_clip_dir):
+    """A fresh `Backbone` on the tiny CLIP with the real CLIP tokenizer (fp32, CPU)."""
+    from zscir.models.backbone import Backbone
+
+    return Backbone.load(str(tiny_real_clip_dir))
+
+
+@pytest.fixture(params=["world-bpe", "real-clip-bpe"])
+def any_backbone(request):
+    """Each test that takes this runs twice: tiny CLIP on the world's BPE and on the real CLIP BPE."""
+    return request.getfixturevalue("tiny_backbone" if request.param == "world-bpe" else "tiny_real_backbone")
 
 
 def stale_temp(path, pid=None):

@@ -18,14 +18,14 @@ def _images(n, size=20, seed=0):
     return [Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def test_dims_and_tokenizer(tiny_backbone, tiny_size):
-    assert tiny_backbone.projection_dim == tiny_size.projection_dim
-    assert tiny_backbone.hidden_size == tiny_size.text_hidden
-    assert tiny_backbone.context_length == tiny_size.context_length
-    ids = tiny_backbone.tokenize(["a photo of $ that is blue"])
+def test_dims_and_tokenizer(any_backbone, tiny_size):
+    assert any_backbone.projection_dim == tiny_size.projection_dim
+    assert any_backbone.hidden_size == tiny_size.text_hidden
+    assert any_backbone.context_length == tiny_size.context_length
+    ids = any_backbone.tokenize(["a photo of $ that is blue"])
     assert ids.shape == (1, tiny_size.context_length)
-    assert int((ids == tiny_backbone.pseudo_token_id).sum()) == 1
-    assert tiny_backbone.tokenizer.convert_ids_to_tokens(tiny_backbone.pseudo_token_id) == "$</w>"
+    assert int((ids == any_backbone.pseudo_token_id).sum()) == 1
+    assert any_backbone.tokenizer.convert_ids_to_tokens(any_backbone.pseudo_token_id) == "$</w>"
 
 
 def test_encode_image_batched_equals_one_batch(tiny_backbone):

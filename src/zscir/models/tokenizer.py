@@ -1,9 +1,11 @@
-"""Build a CLIP-format BPE tokenizer offline, from a text corpus.
+"""CLIP-format BPE tokenizers built offline: OpenAI CLIP's real one, or a small one trained on a corpus.
 
-Tests and the synthetic world have no hub to fetch `openai/clip-*` tokenizers from, so they
-train a small byte-level BPE with the same normaliser, pre-tokeniser and `</w>` end-of-word
-convention as CLIP's, and save it as a regular `CLIPTokenizer` folder that `AutoTokenizer`
-loads like a hub tokenizer. The pseudo word `$` is guaranteed to be a single token.
+There is no hub to fetch `openai/clip-*` tokenizers from offline. `openai_clip_tokenizer` builds
+the real CLIP tokenizer (vocabulary 49408) from OpenAI's BPE merges, vendored as package data in
+`zscir/models/assets/` (MIT licence, see LICENSE-CLIP-BPE there). `train_clip_tokenizer` trains a
+small byte-level BPE with the same normaliser, pre-tokeniser and `</w>` end-of-word convention.
+Both give a regular `CLIPTokenizer` that `save_pretrained` writes as a folder `AutoTokenizer` loads
+like a hub tokenizer. The pseudo word `$` is a single token in both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,63 @@ from pathlib import Path
 
 PSEUDO_WORD = "$"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+CLIP_BPE_FILE = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+CLIP_MERGES = 49152 - 256 - 2  # OpenAI CLIP uses the first 48894 merges of the file
+CLIP_VOCAB_SIZE = 2 * 256 + CLIP_MERGES + 2  # 49408
+
+
+def byte_symbols() -> list[str]:
+    """The 256 printable stand-ins of the bytes 0..255 (GPT-2/CLIP byte-level BPE), in vocabulary order.
+
+    Printable Latin-1 bytes stand for themselves; the other bytes map to chr(256 + n) in byte order.
+    The list is ordered as CLIP's vocabulary: the printable ones first (by byte), then the others.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+
+
+def read_clip_merges(path: str | Path = CLIP_BPE_FILE) -> list[tuple[str, str]]:
+    """The merge rules CLIP uses, in rank order (the file's first line is a version header)."""
+    import gzip
+
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 1 + CLIP_MERGES]]
+    if len(merges) != CLIP_MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{path}: expected {CLIP_MERGES} merge rules of two symbols each")
+    return merges  # type: ignore[return-value]
+
+
+def openai_clip_tokenizer(model_max_length: int = 77, save_dir: str | Path | None = None):
+    """OpenAI CLIP's tokenizer, built from the vendored BPE merges (no hub access).
+
+    The vocabulary is CLIP's: the 256 byte symbols, the same with `</w>`, one symbol per merge rule
+    (48894), then `<|startoftext|>` (49406) and `<|endoftext|>` (49407). Normalisation (lower case,
+    whitespace runs to one space) and pre-tokenisation (`'s|'t|...|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`)
+    are transformers' `CLIPTokenizer`, which follow OpenAI's `SimpleTokenizer` (OpenAI also runs
+    ftfy and HTML unescaping first; plain text is unaffected).
+
+    Args:
+        model_max_length: context length written into the tokenizer config (77 for CLIP).
+        save_dir: if given, the tokenizer is saved there with `save_pretrained`.
+    Returns:
+        A `transformers.CLIPTokenizer` with `len(tokenizer) == 49408`.
+    """
+    from transformers import CLIPTokenizer
+
+    merges = read_clip_merges()
+    symbols = byte_symbols()
+    vocab: dict[str, int] = {}
+    for sym in symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]:
+        if sym in vocab:
+            raise ValueError(f"{CLIP_BPE_FILE}: symbol {sym!r} occurs twice in the vocabulary")
+        vocab[sym] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    if save_dir is not None:
+        tokenizer.save_pretrained(str(save_dir))
+    return tokenizer
 
 
 def train_clip_tokenizer(
