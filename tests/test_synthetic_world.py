@@ -32,6 +32,13 @@ from zscir.data.synthetic import (
     world_texts,
 )
 from zscir.data.synthetic.captions import MAX_CAPTION_WORDS
+from zscir.data.synthetic.cirr_captions import (
+    apply_changes,
+    check_composite_caption,
+    composite_caption,
+    parse_composite_caption,
+    sample_changes,
+)
 from zscir.data.synthetic.edits import referring_expression
 from zscir.data.synthetic.layout_circo import shared_concept
 from zscir.data.synthetic.vocab import BACKGROUNDS, COLOURS, SHAPES, SIZES
@@ -136,14 +143,60 @@ def test_vocabulary_covers_everything_the_grammar_says():
         caption = describe_scene(scene, rng).split()
         assert len(caption) <= MAX_CAPTION_WORDS
         seen.update(caption)
-        seen.update(relative_caption(scene, edit, rng).split())
+        seen.update(_words(relative_caption(scene, edit, rng)))
         seen.update(shared_concept(scene, edit).split())
     for t in rtd_triplets(1, 200):
-        seen.update(" ".join(t.values()).split())
+        seen.update(_words(" ".join(t.values())))
     for c in caption_corpus(1, 200):
         seen.update(c.split())
-    assert seen - vocab == set()
-    assert all(w == w.lower() and w.isascii() and "," not in w and "." not in w for w in vocab)
+    assert seen - {_strip(w) for w in vocab} == set()
+    assert all(w.isascii() for w in vocab)
+
+
+def _strip(word: str) -> str:
+    return word.strip(".,;").lower().removesuffix("'s")
+
+
+def _words(text: str) -> list[str]:
+    return [_strip(w) for w in text.split()]
+
+
+def test_cirr_captions_make_one_to_three_changes_with_punctuation_and_read_back():
+    rng = random.Random(11)
+    counts, punctuated, possessive, content = {1: 0, 2: 0, 3: 0}, 0, 0, 0
+    for _ in range(1500):
+        scene = random_scene(rng)
+        edits = sample_changes(scene, rng)
+        target = apply_changes(scene, edits)
+        caption = composite_caption(scene, edits, rng)
+        counts[len(edits)] += 1
+        punctuated += any(p in caption for p in ",.;")
+        possessive += "'s " in caption
+        parsed, contents = parse_composite_caption(scene, caption)
+        content += bool(contents)
+        assert parsed == edits, caption
+        assert check_composite_caption(scene, target, caption), caption
+        assert all(c.holds(target) for c in contents)
+        assert not check_composite_caption(target, scene, caption) or target == scene
+        # a change left out is a different target
+        if len(edits) > 1:
+            assert not check_composite_caption(scene, apply_changes(scene, edits[:-1]), caption)
+    assert all(n > 150 for n in counts.values()), counts
+    assert punctuated > 500 and possessive > 20 and 400 < content < 1100
+
+
+def test_composite_caption_by_hand():
+    ref = Scene("white", (SceneObject(0, "circle", "red", "small"), SceneObject(4, "star", "blue", "large")))
+    target = Scene("black", (SceneObject(0, "circle", "green", "small"), SceneObject(4, "star", "blue", "large")))
+    assert check_composite_caption(ref, target, "Make the circle green, and change the background to black.")
+    assert check_composite_caption(ref, target, "change the circle's color to green; use a black background")
+    assert check_composite_caption(ref, target, "Make the circle green. So that it shows a green circle at the top "
+                                                "left, then make the background black")
+    assert not check_composite_caption(ref, target, "Make the circle green, and there should be a red star")
+    assert not check_composite_caption(ref, target, "Make the circle green.")  # the background change is missing
+    full = "show a small green circle at the top left and a large blue star at the center on a black background"
+    assert check_composite_caption(ref, target, f"Make the circle green, make the background black, {full}.")
+    assert not check_composite_caption(ref, target, f"make the background black, {full}")  # the edits fall short
 
 
 # ----------------------------------------------------------------- rendering and the stream
@@ -307,9 +360,10 @@ def test_every_cirr_query_edit_maps_reference_to_target_and_only_target(world):
             assert (record["pairid"], record["reference"], record["caption"]) == (q["pairid"], q["reference"],
                                                                                  q["caption"])
             ref = scenes[q["reference"]]
-            hits = [n for n in gallery if check_edit(ref, scenes[n], q["caption"])]
+            hits = [n for n in gallery if check_composite_caption(ref, scenes[n], q["caption"])]
             assert hits == [q["target"]], (q["caption"], hits)
-            assert q["edit_type"] == parse_relative_caption(ref, q["caption"]).kind
+            edits, _ = parse_composite_caption(ref, q["caption"])
+            assert q["edit_type"] == (edits[0].kind if len(edits) == 1 else f"{len(edits)} changes")
 
 
 def _single_edits(scene: Scene):

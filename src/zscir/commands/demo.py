@@ -10,7 +10,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fast", action="store_true", help="tiny world and seconds-long trainings (smoke test)")
     parser.add_argument("--skip", nargs="*", default=[], metavar="STAGE",
                         help="stages to leave out: baselines lincir rtd searle cig")
-    parser.add_argument("--seed", type=int, default=0, help="world seed")
+    parser.add_argument("--seed", type=int, default=0, help="world seed (the first one with --seeds)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="repeat world, training and evaluation over N seeds; report mean ± std per row")
+    parser.add_argument("--train-clip", action="store_true",
+                        help="train the world CLIP from scratch here instead of using the shipped weights")
 
 
 def run(args) -> int:
@@ -21,6 +25,7 @@ def run(args) -> int:
     from zscir.registry import default_cache_dir
 
     config = DemoConfig(cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), fast=args.fast,
-                        skip=tuple(args.skip), out_dir=Path(args.out) if args.out else None, seed=args.seed)
+                        skip=tuple(args.skip), out_dir=Path(args.out) if args.out else None, seed=args.seed,
+                        seeds=args.seeds, train_clip=args.train_clip)
     run_demo(config)
     return 0

@@ -35,7 +35,9 @@ class DemoConfig:
         fast: a small world and seconds-long trainings (smoke test; numbers meaningless).
         skip: stages to leave out (names in STAGES).
         out_dir: where results.json, table.txt and the PNG grid go (default `<cache>/demo-results[-fast]`).
-        seed: world seed.
+        seed: world seed (the first one with `seeds` > 1).
+        seeds: repeat world, training and evaluation for seeds `seed`, `seed + 1`, ... and report mean ± std.
+        train_clip: train the world CLIP from scratch instead of unpacking the shipped one.
         progress: show progress bars.
     """
 
@@ -44,6 +46,8 @@ class DemoConfig:
     skip: tuple[str, ...] = ()
     out_dir: Path | None = None
     seed: int = 0
+    seeds: int = 1
+    train_clip: bool = False
     progress: bool = True
     budget: MethodBudget = field(default_factory=MethodBudget)
 
@@ -71,36 +75,97 @@ def _say(message: str) -> None:
     print(f"[zscir demo] {message}", flush=True)
 
 
+def world_folder(cache_dir: Path, fast: bool, seed: int) -> Path:
+    """The world folder of one seed (`world` / `world-fast` for seed 0, as the registry expects)."""
+    name = "world-fast" if fast else "world"
+    return Path(cache_dir) / (name if seed == 0 else f"{name}-seed{seed}")
+
+
 def run_demo(config: DemoConfig) -> dict:
-    """Run the demo; returns the results dict (also written to `out_dir/results.json`)."""
+    """Run the demo over `config.seeds` seeds; returns the results dict (also `out_dir/results.json`).
+
+    One seed: the results of that run. Several: `rows` and `std` are the mean and standard deviation
+    over seeds, `per_seed` holds every seed's own results (also written to `out_dir/seed-{s}/`).
+    """
+    from zscir.demo.acceptance import acceptance, mean_std_rows
+    from zscir.errors import ZscirError
+    from zscir.utils.io import write_bytes_atomic, write_json_atomic
+
+    unknown = set(config.skip) - set(STAGES)
+    if unknown:
+        raise ZscirError(f"unknown stage(s) to skip: {sorted(unknown)}; stages: {', '.join(STAGES)}")
+    if config.seeds < 1:
+        raise ZscirError(f"--seeds must be at least 1, got {config.seeds}")
+    out_dir = Path(config.out_dir or Path(config.cache_dir) / ("demo-results-fast" if config.fast else "demo-results"))
+    start = time.perf_counter()
+    seeds = [config.seed + i for i in range(config.seeds)]
+    runs = []
+    for seed in seeds:
+        if len(seeds) > 1:
+            _say(f"seed {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
+        runs.append(run_seed(config, seed, out_dir / f"seed-{seed}" if len(seeds) > 1 else out_dir))
+    if len(runs) == 1:
+        results = runs[0]
+        results["acceptance"] = [asdict(c) for c in acceptance(results["rows"])]
+        std = None
+    else:
+        mean, std = mean_std_rows([r["rows"] for r in runs])
+        checks = acceptance(mean, [r["rows"] for r in runs])
+        results = {**runs[0], "rows": mean, "std": std, "seeds": seeds, "acceptance": [asdict(c) for c in checks],
+                   "calibration": _mean_calibration([r["calibration"] for r in runs]),
+                   "per_seed": {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "calibration", "seconds")}
+                                for r in runs}}
+    results["seconds"] = {**results["seconds"], "all seeds": round(time.perf_counter() - start, 1)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "results.json", results)
+    text = render_summary(results, format_results_table(results["rows"], std))
+    write_bytes_atomic(out_dir / "table.txt", text.encode())
+    print(text)
+    print(f"\nresults: {out_dir / 'results.json'}   grid: {results.get('grid')}")
+    return results
+
+
+def _mean_calibration(per_seed: list[dict]) -> dict:
+    """Mean over seeds of every numeric calibration property (nested dicts of numbers)."""
+    first = per_seed[0]
+    out = {}
+    for key, value in first.items():
+        if isinstance(value, dict):
+            out[key] = _mean_calibration([p[key] for p in per_seed if isinstance(p.get(key), dict)])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [p[key] for p in per_seed if isinstance(p.get(key), (int, float))]
+            out[key] = round(sum(values) / len(values), 3)
+        else:
+            out[key] = value
+    return out
+
+
+def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
+    """One seed of the demo: world, models, every row, calibration properties; writes `out_dir/results.json`."""
     from zscir.data.records import load_benchmark
     from zscir.data.synthetic.world import WorldSizes
     from zscir.demo import methods
-    from zscir.demo.world_models import build_synthetic_clip, build_world_data, default_clip_config, stage_report
+    from zscir.demo.calibration import layout_properties, world_clip_geometry
+    from zscir.demo.world_models import build_world_data, world_clip
     from zscir.evaluation.runner import Evaluator
     from zscir.models.backbone import Backbone
     from zscir.retrieval.features import FeatureCache
 
-    unknown = set(config.skip) - set(STAGES)
-    if unknown:
-        from zscir.errors import ZscirError
-
-        raise ZscirError(f"unknown stage(s) to skip: {sorted(unknown)}; stages: {', '.join(STAGES)}")
     budget = MethodBudget.fast() if config.fast else config.budget
-    world = Path(config.cache_dir) / ("world-fast" if config.fast else "world")
-    out_dir = Path(config.out_dir or Path(config.cache_dir) / ("demo-results-fast" if config.fast else "demo-results"))
+    world = world_folder(config.cache_dir, config.fast, seed)
     timer, start = Timer(), time.perf_counter()
 
     with timer("world"):
-        _say(f"synthetic world → {world / 'data'}")
-        manifest = build_world_data(world, config.seed, asdict(WorldSizes.small()) if config.fast else None)
+        _say(f"synthetic world (seed {seed}) → {world / 'data'}")
+        manifest = build_world_data(world, seed, asdict(WorldSizes.small()) if config.fast else None)
     with timer("clip"):
-        _say("tiny CLIP (reused if already trained)")
-        clip_dir = build_synthetic_clip(world, default_clip_config(config.fast), config.progress)
-        clip_report = stage_report(clip_dir)
+        _say("world CLIP: " + ("training from scratch" if config.train_clip else "shipped weights") +
+             " (reused if already there)")
+        clip_dir, clip_report = world_clip(Path(config.cache_dir), config.fast, config.train_clip, config.progress)
     backbone = Backbone.load(str(clip_dir))
     cache = FeatureCache(world / "features", progress=config.progress)
     data = world / "data"
+    calibration = {"clip": world_clip_geometry(backbone, data / "corpora" / "clip_heldout")}
     evaluators = {bench: [Evaluator(backbone, s, cache) for s in load_benchmark(bench, data / bench, split)]
                   for bench, split in BENCHMARKS.items()}
     rows: dict[str, dict[str, dict[str, float]]] = {}
@@ -128,12 +193,15 @@ def run_demo(config: DemoConfig) -> dict:
                 evaluate_row(label, method=method)
             evaluate_row("upper bound: target's own caption", per_split_options=lambda ev: {
                 "queries": target_caption_queries(ev, data, backbone)})
+            calibration["layouts"] = layout_properties(rows)
     phi = tower = None
+    pseudo_token = {}
     if "lincir" not in config.skip:
         with timer("lincir"):
             _say("LinCIR: training Phi on the world's captions")
             phi = methods.lincir_phi(world, backbone, budget, config.progress)
             evaluate_row("LinCIR (Phi trained here)", method="phi", phi=phi)
+            pseudo_token["LinCIR"] = reference_self_retrieval(evaluators["cirr"][0], data, backbone, phi)
     if "rtd" not in config.skip and phi is not None:
         with timer("rtd"):
             _say("RTD: fine-tuning the text tower on the world's text triplets")
@@ -147,6 +215,8 @@ def run_demo(config: DemoConfig) -> dict:
                 "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, config.progress)})
             searle = methods.searle_phi(world, backbone, cache, bank, budget, config.progress)
             evaluate_row("SEARLE (Phi distilled here)", method="phi", phi=searle)
+            pseudo_token["SEARLE"] = reference_self_retrieval(evaluators["cirr"][0], data, backbone, searle)
+    calibration["pseudo_token"] = pseudo_token
     cig = None
     if "cig" not in config.skip and phi is not None:
         with timer("cig"):
@@ -156,7 +226,6 @@ def run_demo(config: DemoConfig) -> dict:
                     rows[label] = row
                     _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
 
-    table = format_results_table(rows)
     edit_types = cirr_edit_types(data)
     by_edit = {label: recall_by_edit_type(result, edit_types) for label, result in cirr_results.items()}
     grid_source = next((cirr_results[k] for k in ("LinCIR + RTD", "LinCIR (Phi trained here)") if k in cirr_results),
@@ -167,6 +236,7 @@ def run_demo(config: DemoConfig) -> dict:
     results = {
         "world": {"root": str(data), "seed": manifest["seed"], "counts": manifest["counts"]},
         "clip": clip_report,
+        "calibration": calibration,
         "rows": rows,
         "cirr_R@1_by_edit_type": by_edit,
         "cig": json.loads(json.dumps({k: v for k, v in (cig or {}).items() if k not in ("rows", "examples")},
@@ -176,14 +246,34 @@ def run_demo(config: DemoConfig) -> dict:
         "grid": str(grid) if grid else None,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    from zscir.utils.io import write_bytes_atomic, write_json_atomic
+    from zscir.utils.io import write_json_atomic
 
     write_json_atomic(out_dir / "results.json", results)
-    text = render_summary(results, table)
-    write_bytes_atomic(out_dir / "table.txt", text.encode())
-    print(text)
-    print(f"\nresults: {out_dir / 'results.json'}   grid: {grid}")
     return results
+
+
+def reference_self_retrieval(evaluator, world_data: Path, backbone, phi) -> dict:
+    """How much of a reference "a photo of $" carries, on the CIRR-format val (see `calibration.self_retrieval`).
+
+    Returns:
+        {"from_image_R@1": Phi(reference image embedding), "from_caption_R@1": Phi(text embedding of the
+        reference's own caption) — the second separates what Phi can carry from what crosses the modality gap}.
+    """
+    from zscir.data.synthetic.captions import describe_scene
+    from zscir.data.synthetic.scene import Scene
+    from zscir.demo.calibration import self_retrieval
+
+    split = evaluator.split
+    index = {name: i for i, name in enumerate(split.gallery)}
+    queries = [q for q in split.queries if q.reference in index]
+    references = list(dict.fromkeys(q.reference for q in queries))
+    positions = torch.tensor([index[r] for r in references])
+    gallery = evaluator.gallery_features()
+    scenes = json.loads((world_data / split.dataset / "scenes.json").read_text())["images"]
+    captions = [describe_scene(Scene.from_dict(scenes[r]["scene"])) for r in references]
+    from_image = self_retrieval(backbone, phi, evaluator.features().lookup(references), gallery, positions)
+    from_caption = self_retrieval(backbone, phi, backbone.encode_text(captions), gallery, positions)
+    return {"from_image_R@1": from_image, "from_caption_R@1": from_caption, "n": len(references)}
 
 
 def target_caption_queries(evaluator, world_data: Path, backbone) -> torch.Tensor:
@@ -223,22 +313,43 @@ def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget)
 
 
 def render_summary(results: dict, table: str) -> str:
-    """The text printed at the end of the demo."""
-    clip = results["clip"]["heldout"]
-    lines = [
-        "",
-        "zscir demo — synthetic world (all numbers computed by this run; percent)",
-        f"tiny CLIP on {clip['n']} held-out pairs: text→image R@1 {clip['t2i_R@1']:.1f} R@5 {clip['t2i_R@5']:.1f} | "
-        f"image→text R@1 {clip['i2t_R@1']:.1f} R@5 {clip['i2t_R@5']:.1f} (chance R@1 {100 / clip['n']:.1f})",
-        "CIR: CIRR-format val (reference removed; Rs = subset recall), FashionIQ-format val (mean of 3 categories), "
-        "CIRCO-format val",
-        "",
-        table,
-        "",
-        "CIRR R@1 per edit type:",
-    ]
-    by_edit = results["cirr_R@1_by_edit_type"]
-    if by_edit:
+    """The text printed at the end of the demo: world properties vs real data, the table, which orderings hold."""
+    from zscir.demo.calibration import REAL_BASELINES, REAL_CLIP
+
+    calibration = results.get("calibration", {})
+    seeds = results.get("seeds")
+    lines = ["", "zscir demo — synthetic world (all numbers computed by this run; percent)"
+             + (f"; mean ± std over seeds {seeds}" if seeds else ""), "",
+             "World properties the world is calibrated on, next to real data:"]
+    clip = calibration.get("clip")
+    if clip:
+        lines.append(f"  world CLIP on {clip['n']} held-out pairs (chance R@1 {100 / clip['n']:.1f}):")
+        for key in ("centroid_cosine", "gap_norm", "matched_cosine", "t2i_R@1", "i2t_R@1"):
+            real = REAL_CLIP[key]
+            lines.append(f"    {key:16} {clip[key]:8.3g}   real CLIP {real['value']:6g} ({real['kind']})")
+        lines.append(f"    image cone |mean| {clip['image_cone']:.3f}, text cone |mean| {clip['text_cone']:.3f}, "
+                     f"non-matching pair cosine {clip['random_cosine']:.3f}")
+    for method, values in calibration.get("pseudo_token", {}).items():
+        lines.append(f"  {method} 'a photo of $' retrieves its own reference (CIRR val, R@1): from the image "
+                     f"{values['from_image_R@1']:.1f}, from the reference's caption {values['from_caption_R@1']:.1f}")
+    real_cirr = REAL_BASELINES["cirr"]
+    for bench, values in calibration.get("layouts", {}).items():
+        real = (f"   real CIRR: text/image {real_cirr['text only R@1'] / real_cirr['image only R@1']:.1f}"
+                if bench == "cirr" else "")
+        lines.append(f"  {bench:9} {values['metric']:6} image only {values['image_only']:5.1f}  text only "
+                     f"{values['text_only']:5.1f}  upper bound {values['upper_bound']:5.1f}  text/upper "
+                     f"{values['text_over_upper']:.2f}  text/image {values['text_over_image']:.1f}{real}")
+    lines += ["", "CIR: CIRR-format val (reference removed; Rs = subset recall), FashionIQ-format val (mean of 3 "
+              "categories), CIRCO-format val", "", table]
+    checks = results.get("acceptance", [])
+    if checks:
+        held = sum(c["holds"] for c in checks)
+        lines += ["", f"Orderings of the published tables that hold on this run ({held} of {len(checks)}):"]
+        lines += ["  " + ("holds" if c["holds"] else "FAILS") + f"  {c['name']}  [{c['detail']}; "
+                  f"{c['seeds_holding']}/{c['seeds']} seeds]" for c in checks]
+    by_edit = results.get("cirr_R@1_by_edit_type")
+    if by_edit and not seeds:
+        lines += ["", "CIRR R@1 per edit type:"]
         kinds = list(next(iter(by_edit.values())))
         width = max(len(k) for k in by_edit) + 2
         lines.append("".ljust(width) + "".join(k.rjust(max(12, len(k) + 1)) for k in kinds))

@@ -15,16 +15,20 @@ COLUMNS: list[tuple[str, str]] = [
 SHORT = {"cirr": "CIRR", "fashioniq": "FIQ", "circo": "CIRCO"}
 
 
-def format_results_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
-    """rows = {method label: {benchmark: metrics}} → a fixed-width table (percent)."""
+def format_results_table(rows: dict[str, dict[str, dict[str, float]]],
+                         std: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """rows = {method label: {benchmark: metrics}} → a fixed-width table (percent); with `std`, "mean ± std"."""
     width = max([len(r) for r in rows] + [6]) + 2
-    header = "method".ljust(width) + "".join(f"{SHORT[b]} {m}".rjust(13) for b, m in COLUMNS)
+    cell = 14 if std else 13
+    header = "method".ljust(width) + "".join(f"{SHORT[b]} {m}".rjust(cell) for b, m in COLUMNS)
     lines = [header, "-" * len(header)]
     for label, by_bench in rows.items():
         cells = []
         for bench, metric in COLUMNS:
             value = by_bench.get(bench, {}).get(metric)
-            cells.append(("-" if value is None else f"{value:.1f}").rjust(13))
+            spread = (std or {}).get(label, {}).get(bench, {}).get(metric)
+            text = "-" if value is None else f"{value:.1f}" + ("" if spread is None else f" ± {spread:.1f}")
+            cells.append(text.rjust(cell))
         lines.append(label.ljust(width) + "".join(cells))
     return "\n".join(lines)
 

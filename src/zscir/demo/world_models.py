@@ -49,53 +49,68 @@ def build_world_data(world_dir: Path, seed: int = 0, sizes: dict | None = None) 
     return build_world(world_dir / "data", seed=seed, sizes=sizes)
 
 
-def build_synthetic_clip(world_dir: Path, config: ClipTrainConfig | None = None, progress: bool = True) -> Path:
-    """Train (or reuse) the tiny CLIP of the world: tokenizer on the world's texts, then contrastive training.
+SHIPPED_CLIP = Path(__file__).parent / "world_clip"  # package data: the world CLIP trained by `zscir train-clip`
+TOKENIZER_VOCAB = 1200
 
-    Returns:
-        The backbone folder `world_dir/synthetic-clip`, loadable with `Backbone.load`.
-    """
-    from zscir.data.synthetic.corpora import clip_pair_sampler, world_texts
+
+def world_tokenizer(context_length: int):
+    """The world CLIP's tokenizer (CLIP-format byte-level BPE trained on the world's texts)."""
+    from zscir.data.synthetic.corpora import world_texts
     from zscir.models.tokenizer import train_clip_tokenizer
+
+    return train_clip_tokenizer(world_texts(), vocab_size=TOKENIZER_VOCAB, model_max_length=context_length)
+
+
+def train_world_clip(out_dir: Path, config: ClipTrainConfig | None = None, progress: bool = True) -> Path:
+    """Train the world CLIP from scratch on the world's pair stream (the recipe of `default_clip_config`)."""
+    from zscir.data.synthetic.corpora import clip_pair_sampler
     from zscir.training.clip import train_clip
 
-    config = config or ClipTrainConfig()
-    folder = world_dir / "synthetic-clip"
-    settings = {"clip": asdict(config), "tokenizer_vocab": 1200}
+    config = config or default_clip_config()
+    sampler = clip_pair_sampler(image_size=config.size.image_size)
+    return train_clip(sampler, world_tokenizer(config.size.context_length), out_dir, config, progress=progress)
+
+
+def world_clip(cache_dir: Path, fast: bool = False, train: bool = False, progress: bool = True) -> tuple[Path, dict]:
+    """The demo's world CLIP folder: the shipped weights unpacked into the cache, or a CLIP trained here.
+
+    Args:
+        cache_dir: the cache root; the CLIP goes to `<cache>/world/synthetic-clip` (the registered
+            `synthetic-clip`), or `<cache>/world-fast/synthetic-clip` for a fast trained one.
+        fast: with `train`, a seconds-long smoke recipe.
+        train: train from scratch (`zscir demo --train-clip`) instead of using the shipped weights.
+    Returns:
+        (folder loadable with `Backbone.load`, report {"source", "seconds", "train_log"}).
+    """
+    if not train and not (SHIPPED_CLIP / "model.safetensors").is_file():
+        train = True  # a checkout without the shipped weights trains its own
+    folder = Path(cache_dir) / ("world-fast" if fast and train else "world") / "synthetic-clip"
+    if train:
+        config = default_clip_config(fast)
+        settings = {"source": "trained here", "clip": asdict(config), "tokenizer_vocab": TOKENIZER_VOCAB}
+    else:
+        settings = {"source": "shipped", "weights": _file_digest(SHIPPED_CLIP / "model.safetensors")}
     if stage_done(folder, settings):
-        return folder
-    tmp = world_dir / ".synthetic-clip.tmp"
+        return folder, stage_report(folder)
+    tmp = folder.parent / ".synthetic-clip.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     start = time.time()
-    tokenizer = train_clip_tokenizer(world_texts(), vocab_size=1200, model_max_length=config.size.context_length)
-    sampler = clip_pair_sampler(image_size=config.size.image_size)
-    train_clip(sampler, tokenizer, tmp, config, progress=progress)
-    heldout = evaluate_clip_heldout(tmp, world_dir / "data" / "corpora" / "clip_heldout")
-    finish_stage(tmp, folder, settings, {"seconds": round(time.time() - start, 1), "heldout": heldout})
-    return folder
+    if train:
+        train_world_clip(tmp, config, progress)
+    else:
+        unpack_world_clip(SHIPPED_CLIP, tmp)
+    log = json.loads((tmp / "train_log.json").read_text()) if (tmp / "train_log.json").is_file() else {}
+    report = {"source": settings["source"], "seconds": round(time.time() - start, 1), "train_log": log}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    finish_stage(tmp, folder, settings, report)
+    return folder, report
 
 
-def evaluate_clip_heldout(clip_dir: Path, heldout_dir: Path) -> dict:
-    """Text→image and image→text recall of a CLIP on the world's held-out image–caption pairs.
+def _file_digest(path: Path) -> str:
+    import hashlib
 
-    Returns:
-        {"t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5", "n"} in percent (chance is 100/n for R@1).
-    """
-    from zscir.data.images import load_image
-    from zscir.evaluation.metrics import recall_at_k, target_ranks
-    from zscir.models.backbone import Backbone
-
-    records = [json.loads(line) for line in (heldout_dir / "captions.jsonl").read_text().splitlines() if line]
-    backbone = Backbone.load(str(clip_dir))
-    images = backbone.encode_image([load_image(heldout_dir / r["image"]) for r in records], batch_size=256)
-    texts = backbone.encode_text([r["caption"] for r in records])
-    sims = torch.nn.functional.normalize(texts, dim=-1) @ torch.nn.functional.normalize(images, dim=-1).T
-    diagonal = torch.arange(len(records))
-    t2i, i2t = target_ranks(sims, diagonal), target_ranks(sims.T, diagonal)
-    report = {f"{name}_R@{k}": round(recall_at_k(ranks, k), 2) for name, ranks in (("t2i", t2i), ("i2t", i2t))
-              for k in (1, 5)}
-    return {**report, "n": len(records)}
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def default_clip_config(fast: bool = False) -> ClipTrainConfig:
@@ -103,3 +118,82 @@ def default_clip_config(fast: bool = False) -> ClipTrainConfig:
     if fast:
         return ClipTrainConfig(size=ClipSize(), steps=30, batch_size=64)
     return ClipTrainConfig()
+
+
+def pack_world_clip(trained: Path, package: Path) -> Path:
+    """Write a trained world CLIP as compact package data: fp16 weights without untrained embedding rows.
+
+    The token embedding rows that training never touched (tokens the world's texts never use) still
+    hold their initial values, which `build_clip` with the recorded seed reproduces; only the trained
+    rows are stored (`text_model.embeddings.token_embedding.rows` + `.ids`). `unpack_world_clip`
+    rebuilds the full folder.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from zscir.models.factory import build_clip
+    from zscir.training.clip import init_geometry
+
+    trained, package = Path(trained), Path(package)
+    log = json.loads((trained / "train_log.json").read_text())
+    config = _clip_config_from_log(log)
+    tensors = load_file(str(trained / "model.safetensors"))
+    key = "text_model.embeddings.token_embedding.weight"
+    from transformers import AutoTokenizer
+
+    initial = build_clip(AutoTokenizer.from_pretrained(str(trained)), config.size, seed=config.seed)
+    init_geometry(initial, config)
+    start = initial.state_dict()[key]
+    ids = torch.nonzero((tensors[key] != start).any(dim=1)).flatten()
+    packed = {k: v.half().contiguous() for k, v in tensors.items() if k != key and v.is_floating_point()}
+    packed.update({k: v for k, v in tensors.items() if not v.is_floating_point()})
+    packed[f"{key}.rows"] = tensors[key][ids].half().contiguous()
+    packed[f"{key}.ids"] = ids.to(torch.int64)
+    if package.exists():
+        shutil.rmtree(package)
+    package.mkdir(parents=True)
+    save_file(packed, str(package / "model.safetensors"), metadata={"format": "zscir-world-clip"})
+    for name in sorted(p.name for p in trained.iterdir()):
+        if name.endswith((".json", ".txt")) and name != DONE:
+            shutil.copy2(trained / name, package / name)
+    return package
+
+
+def unpack_world_clip(package: Path, out_dir: Path) -> Path:
+    """Rebuild a loadable CLIP folder from `pack_world_clip`'s package data (see there)."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from zscir.models.factory import build_clip, save_clip_folder
+    from zscir.training.clip import init_geometry
+
+    package, out_dir = Path(package), Path(out_dir)
+    log = json.loads((package / "train_log.json").read_text())
+    config = _clip_config_from_log(log)
+    tokenizer = AutoTokenizer.from_pretrained(str(package))
+    model = build_clip(tokenizer, config.size, seed=config.seed)
+    init_geometry(model, config)
+    tensors = load_file(str(package / "model.safetensors"))
+    key = "text_model.embeddings.token_embedding.weight"
+    state = model.state_dict()
+    embedding = state[key].clone()
+    embedding[tensors.pop(f"{key}.ids")] = tensors.pop(f"{key}.rows").float()
+    tensors[key] = embedding
+    missing = set(state) - set(tensors)
+    if missing:
+        from zscir.errors import ModelLoadError
+
+        raise ModelLoadError(f"{package}: shipped world CLIP lacks {sorted(missing)[:3]}")
+    model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
+    save_clip_folder(model.eval(), tokenizer, out_dir, config.size)
+    for name in ("train_log.json", "heldout_geometry.json"):
+        if (package / name).is_file():
+            shutil.copy2(package / name, out_dir / name)
+    return out_dir
+
+
+def _clip_config_from_log(log: dict) -> ClipTrainConfig:
+    """The ClipTrainConfig recorded in a `train_log.json`."""
+    recorded = dict(log["config"])
+    size = ClipSize(**recorded.pop("size"))
+    recorded["betas"] = tuple(recorded["betas"])
+    return ClipTrainConfig(size=size, **recorded)

@@ -87,3 +87,17 @@ def save_clip_folder(model, tokenizer, folder: str | Path, size: ClipSize | None
     if size is not None:
         (folder / "zscir_clip_size.json").write_text(json.dumps(asdict(size), indent=2))
     return folder
+
+
+def save_weights_fp16(folder: str | Path) -> Path:
+    """Rewrite a saved model's `model.safetensors` with fp16 tensors (half the size; loads back as fp32).
+
+    Used to ship the world CLIP as package data; retrieval is unchanged to the printed precision.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(str(path))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    save_file(half, str(path), metadata={"format": "pt"})
+    return path

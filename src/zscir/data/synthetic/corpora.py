@@ -19,6 +19,7 @@ from zscir.data.synthetic.captions import (
     describe_scene,
     join_phrases,
 )
+from zscir.data.synthetic.cirr_captions import apply_changes, composite_caption, sample_changes
 from zscir.data.synthetic.edits import RESIZE_TEMPLATES, TEMPLATES, apply_edit, relative_caption, sample_edit
 from zscir.data.synthetic.render import render_scene
 from zscir.data.synthetic.scene import random_scene
@@ -36,8 +37,8 @@ def sample_clip_items(rng: random.Random, image_size: int = 48, relative_fractio
 
     Most draws are a fresh random scene with a paraphrased full caption. Mixed in (see WORLD-NOTES:
     a text tower that never saw edit words cannot read relative captions):
-    - relative items: the image of an edited scene with the relative caption that produced it
-      ("make the circle green" paired with a picture containing a green circle);
+    - relative items: the image of an edited scene with the CIRR-like caption that produced it
+      ("Make the circle green, and remove the star." paired with a picture containing a green circle);
     - composed items: the edited image with "a photo of {reference caption} that {relative caption}",
       the inference prompt with the reference described in words; off by default because it
       trains the zero-shot task itself;
@@ -60,11 +61,13 @@ def sample_clip_items(rng: random.Random, image_size: int = 48, relative_fractio
     u = rng.random()
     if u >= relative_fraction + composed_fraction + pair_fraction:
         return [(render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng))]
+    if u < relative_fraction:
+        edits = sample_changes(scene, rng)
+        image = render_scene(apply_changes(scene, edits), image_size, rng.getrandbits(31))
+        return [(image, composite_caption(scene, edits, rng))]
     edit = sample_edit(scene, rng, PAIR_KINDS if u >= relative_fraction + composed_fraction else None)
     target = apply_edit(scene, edit)
     image = render_scene(target, image_size, rng.getrandbits(31))
-    if u < relative_fraction:
-        return [(image, relative_caption(scene, edit, rng))]
     if u < relative_fraction + composed_fraction:
         prompt = PROMPT_PREFIX.replace(PSEUDO_TOKEN, describe_scene(scene, rng))
         return [(image, f"{prompt} {relative_caption(scene, edit, rng)}")]
@@ -128,16 +131,16 @@ def rtd_triplets(seed: int, n: int) -> list[dict[str, str]]:
         seed: corpus seed.
         n: number of triplets.
     Returns:
-        List of dicts; the conditioning caption is a relative caption of the grammar.
+        List of dicts; the conditioning caption is a CIRR-like caption of the grammar (1-3 changes).
     """
     rng = random.Random(f"{seed}-triplets")
     out = []
     for _ in range(n):
         ref = random_scene(rng)
-        edit = sample_edit(ref, rng)
+        edits = sample_changes(ref, rng)
         out.append({"reference_caption": describe_scene(ref, rng),
-                    "conditioning_caption": relative_caption(ref, edit, rng),
-                    "target_caption": describe_scene(apply_edit(ref, edit), rng)})
+                    "conditioning_caption": composite_caption(ref, edits, rng),
+                    "target_caption": describe_scene(apply_changes(ref, edits), rng)})
     return out
 
 
@@ -178,7 +181,7 @@ def world_texts() -> list[str]:
     world's word-level tokenizer.
 
     Returns:
-        A list of short texts (lower case, words separated by spaces).
+        A list of short texts (grammar templates in lower case, and CIRR-like captions with punctuation).
     """
     texts = [PROMPT_PREFIX, PSEUDO_TOKEN, "a photo of $", " ".join(SHAPES), " ".join(COLOURS),
              " ".join(SIZES), " ".join(BACKGROUNDS), " ".join(n for names in CELL_NAMES for n in names)]
@@ -189,4 +192,8 @@ def world_texts() -> list[str]:
            "obj": "a small blue hexagon in the center", "bg": "black"}
     texts += [t.format(**rel) for ts in TEMPLATES.values() for t in ts]
     texts += [t.format(**rel) for ts in RESIZE_TEMPLATES.values() for t in ts]
+    rng = random.Random("world-texts")  # CIRR-like captions: capitals, commas, periods, clauses
+    for _ in range(200):
+        scene = random_scene(rng)
+        texts.append(composite_caption(scene, sample_changes(scene, rng), rng))
     return texts

@@ -27,9 +27,9 @@ OBJECT_KINDS = frozenset({"recolour", "reshape", "resize", "move", "remove"})  #
 # {obj} a new object ("a small blue hexagon in the center"), {bg} a background colour.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "recolour": ("make {ref} {colour}", "change the color of {ref} to {colour}", "paint {ref} {colour}",
-                 "turn {ref} {colour}"),
+                 "turn {ref} {colour}", "change {ref}'s color to {colour}"),
     "reshape": ("turn {ref} into a {shape}", "replace {ref} with a {shape}", "change {ref} into a {shape}",
-                "make {ref} a {shape}"),
+                "make {ref} a {shape}", "change {ref}'s shape to a {shape}"),
     "move": ("move {ref} to the {to}", "put {ref} in the {to}", "shift {ref} to the {to}", "place {ref} at the {to}"),
     "add": ("add {obj}", "insert {obj}", "put {obj}"),
     "remove": ("remove {ref}", "delete {ref}", "take away {ref}", "get rid of {ref}"),

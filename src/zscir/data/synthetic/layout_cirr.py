@@ -1,7 +1,8 @@
 """Write a synthetic CIRR: captions/cap.rc2.{split}.json, image_splits/split.rc2.{split}.json, images.
 
-Each image set holds 6 images: a reference R, a target T = edit(R) and 4 hard negatives, each one
-attribute edit away from T. Queries of a set: R -> T, then T -> N1, T -> N2, ... (`queries_per_set`
+Each image set holds 6 images: a reference R, a target T = 1-3 edits of R (CIRR-like captions, see
+`cirr_captions`) and 4 hard negatives, each one attribute edit away from T. Queries of a set: R -> T,
+then T -> N1, T -> N2, ... (`queries_per_set`
 in total), so every target lies in its query's img_set, as in CIRR. Scene graphs are unique within
 a split, so the target is the only image of the split that satisfies its caption. Distractor sets
 of single random images fill the gallery up. File and field names follow the real CIRR rc2 files.
@@ -15,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from zscir.data.synthetic.edits import apply_edit, relative_caption, sample_edit
+from zscir.data.synthetic.cirr_captions import apply_changes, composite_caption, sample_changes
 from zscir.data.synthetic.gallery import ImageStore, hard_negatives, new_jitter
 from zscir.data.synthetic.scene import Scene, random_scene
 from zscir.utils.io import write_json_atomic
@@ -30,17 +31,22 @@ def _image_dir(prefix: str, set_id: int) -> str:
     return f"train/{set_id // 100}" if prefix == "train" else prefix
 
 
-def _one_set(rng: random.Random, used: set[Scene]) -> tuple[Scene, Any, Scene, list]:
+def _one_set(rng: random.Random, used: set[Scene]) -> tuple[Scene, list, Scene, list]:
     while True:
         ref = random_scene(rng)
-        edit = sample_edit(ref, rng)
-        target = apply_edit(ref, edit)
+        edits = sample_changes(ref, rng)
+        target = apply_changes(ref, edits)
         if ref in used or target in used:
             continue
         negatives = hard_negatives(target, rng, SET_SIZE - 2, exclude=used | {ref})
         if len(negatives) == SET_SIZE - 2:
             used.update([ref, target] + [n for n, _ in negatives])
-            return ref, edit, target, negatives
+            return ref, edits, target, negatives
+
+
+def edit_type(changes: list) -> str:
+    """The edit type reported per query: the kind of a single change, else "2 changes" / "3 changes"."""
+    return changes[0].kind if len(changes) == 1 else f"{len(changes)} changes"
 
 
 def write_cirr_split(root: Path, split: str, rng: random.Random, n_sets: int, queries_per_set: int,
@@ -75,7 +81,7 @@ def write_cirr_split(root: Path, split: str, rng: random.Random, n_sets: int, qu
         split_files[name] = rel
 
     for set_id in tqdm(range(n_sets), desc=f"cirr {split}", disable=None):
-        ref, edit, target, negatives = _one_set(rng, used)
+        ref, edits, target, negatives = _one_set(rng, used)
         scenes = [ref, target] + [n for n, _ in negatives]
         order = list(range(SET_SIZE))
         rng.shuffle(order)  # order[i] = position of scenes[i] in the members list
@@ -88,9 +94,9 @@ def write_cirr_split(root: Path, split: str, rng: random.Random, n_sets: int, qu
                      "negatives": [{"name": names[order[2 + j]], "edit": e.to_dict()}
                                    for j, (_, e) in enumerate(negatives)]})
         # query 0: R -> T; query j: T -> negative j (its edit is known, its caption is said from T)
-        pairs = [(0, 1, edit, ref)] + [(1, 2 + j, negatives[j][1], target) for j in range(queries_per_set - 1)]
-        for src, dst, e, src_scene in pairs:
-            caption = relative_caption(src_scene, e, rng)
+        pairs = [(0, 1, edits, ref)] + [(1, 2 + j, [negatives[j][1]], target) for j in range(queries_per_set - 1)]
+        for src, dst, changes, src_scene in pairs:
+            caption = composite_caption(src_scene, changes, rng)
             record: dict[str, Any] = {"pairid": pairid, "reference": names[order[src]]}
             if split != "test1":
                 record["target_hard"] = names[order[dst]]
@@ -102,8 +108,8 @@ def write_cirr_split(root: Path, split: str, rng: random.Random, n_sets: int, qu
             record["img_set"] = img_set
             captions.append(record)
             queries.append({"pairid": pairid, "split": split, "reference": names[order[src]],
-                            "target": names[order[dst]], "caption": caption, "edits": [e.to_dict()],
-                            "edit_type": e.kind})
+                            "target": names[order[dst]], "caption": caption, "edits": [e.to_dict() for e in changes],
+                            "edit_type": edit_type(changes)})
             pairid += 1
     for i in range(n_distractors):
         set_id = n_sets + i

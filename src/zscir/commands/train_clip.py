@@ -1,0 +1,53 @@
+"""`zscir train-clip`: train the synthetic world's CLIP from scratch (the recipe of the shipped weights).
+
+The demo ships this CLIP as package data (`zscir/demo/world_clip`), as real CIR starts from a
+pretrained CLIP; this command (or `zscir demo --train-clip`) retrains it from scratch:
+    zscir train-clip --out runs/world-clip              # the shipped recipe
+    zscir train-clip --out runs/short --steps 100       # a shorter run of the same recipe
+"""
+
+HELP = "train the synthetic world's tiny CLIP from scratch (the recipe of the weights the demo ships)"
+
+
+def add_arguments(parser) -> None:
+    """Options of `zscir train-clip`."""
+    parser.add_argument("--out", required=True, help="output folder (a CLIP folder loadable as --backbone)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=None, help="initialisation and data seed (default: the recipe's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--fp16", action="store_true", help="store the weights in fp16 (how they are shipped)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """Train, save, and print the held-out geometry and retrieval of the result."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from zscir.demo.calibration import heldout_pairs, modality_geometry
+    from zscir.demo.world_models import default_clip_config, train_world_clip
+    from zscir.errors import ZscirError
+    from zscir.models.backbone import Backbone
+
+    config = default_clip_config()
+    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed),
+                                 ("threads", args.threads)) if v is not None}
+    if any(v is not None and v < 1 for k, v in changes.items() if k != "seed"):
+        raise ZscirError("--steps, --batch-size and --threads must be at least 1")
+    config = replace(config, **changes)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ZscirError(f"{out}: folder exists and is not empty; choose a new folder")
+    train_world_clip(out, config, progress=not args.no_progress)
+    if args.fp16:
+        from zscir.models.factory import save_weights_fp16
+
+        save_weights_fp16(out)
+    backbone = Backbone.load(str(out))
+    images, captions = heldout_pairs(config.size.image_size)
+    geometry = modality_geometry(backbone.encode_image(images, batch_size=256), backbone.encode_text(captions))
+    (out / "heldout_geometry.json").write_text(json.dumps(geometry, indent=2))
+    print(json.dumps(geometry))
+    return 0

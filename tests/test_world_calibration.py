@@ -1,0 +1,94 @@
+"""World calibration: geometry vs its definition, the acceptance orderings, seed aggregation, shipped CLIP."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def test_modality_geometry_matches_a_loop_over_pairs():
+    from zscir.demo.calibration import modality_geometry
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 8, generator=gen) + 2.0
+    texts = images + 0.5 * torch.randn(40, 8, generator=gen) - 1.0
+    geometry = modality_geometry(images, texts)
+    img = [v / v.norm() for v in images]
+    txt = [v / v.norm() for v in texts]
+    mean_i, mean_t = sum(img) / 40, sum(txt) / 40
+    assert geometry["gap_norm"] == pytest.approx((mean_i - mean_t).norm().item(), abs=1e-3)
+    assert geometry["centroid_cosine"] == pytest.approx(
+        (mean_i @ mean_t / (mean_i.norm() * mean_t.norm())).item(), abs=1e-3)
+    assert geometry["matched_cosine"] == pytest.approx(sum((a @ b).item() for a, b in zip(img, txt)) / 40, abs=1e-3)
+    hits = sum(max(range(40), key=lambda j: (txt[i] @ img[j]).item()) == i for i in range(40))
+    assert geometry["t2i_R@1"] == pytest.approx(100 * hits / 40, abs=0.01)
+    hits = sum(max(range(40), key=lambda j: (img[i] @ txt[j]).item()) == i for i in range(40))
+    assert geometry["i2t_R@1"] == pytest.approx(100 * hits / 40, abs=0.01)
+    # opposite cones: centroid cosine near -1
+    assert modality_geometry(images, -images)["centroid_cosine"] < -0.99
+
+
+def _rows(**cirr_r1):
+    rows = {}
+    for label, value in cirr_r1.items():
+        metrics = {"R@1": value, "R@10": value + 20}
+        rows[label] = {"cirr": metrics, "fashioniq": {"R@10": value}, "circo": {"mAP@10": value}}
+    return rows
+
+
+def test_acceptance_orderings_from_rows():
+    from zscir.demo import acceptance as a
+
+    good = _rows(**{a.IMAGE: 5, a.TEXT: 10, a.SUM: 8, a.UPPER: 60, a.LINCIR: 12, a.RTD: 14, a.SEARLE: 11,
+                    a.OTI: 13})
+    good[a.CIG] = {"cirr": {"R@1": 12.5, "R@10": 32.5}}
+    checks = a.acceptance(good)
+    assert checks and all(c.holds for c in checks)
+    assert len(checks) == 1 + 6 + 3 + 2 + 1
+    bad = json.loads(json.dumps(good))
+    bad[a.TEXT]["cirr"]["R@1"] = 4.0  # text below image
+    bad[a.RTD]["circo"]["mAP@10"] = 1.0
+    failing = {c.name for c in a.acceptance(bad, [good, bad]) if not c.holds}
+    assert failing == {"text only > image only (CIRR R@1)", "LinCIR + RTD > LinCIR (circo mAP@10)"}
+    seeds = {c.name: c.seeds_holding for c in a.acceptance(bad, [good, bad])}
+    assert seeds["text only > image only (CIRR R@1)"] == 1
+    del good[a.CIG]  # a skipped stage is left out, not failed
+    assert not any("CIG" in c.name for c in a.acceptance(good))
+
+
+def test_mean_std_rows():
+    from zscir.demo.acceptance import mean_std_rows
+
+    runs = [{"m": {"cirr": {"R@1": v}}} for v in (1.0, 2.0, 6.0)]
+    mean, std = mean_std_rows(runs)
+    assert mean["m"]["cirr"]["R@1"] == 3.0
+    sample_std = (((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2) ** 0.5
+    assert std["m"]["cirr"]["R@1"] == pytest.approx(sample_std, abs=0.01)
+
+
+def test_pack_and_unpack_world_clip_round_trip(tmp_path):
+    from zscir.data.synthetic.corpora import clip_pair_sampler
+    from zscir.demo.world_models import pack_world_clip, unpack_world_clip, world_tokenizer
+    from zscir.models.backbone import Backbone
+    from zscir.models.factory import ClipSize
+    from zscir.training.clip import ClipTrainConfig, train_clip
+
+    size = ClipSize(projection_dim=16, text_hidden=32, text_layers=1, text_heads=2, context_length=32,
+                    vision_hidden=32, vision_layers=1, vision_heads=2, image_size=16, patch_size=8)
+    config = ClipTrainConfig(size=size, steps=3, batch_size=8, modality_offset=2.0)
+    trained = train_clip(clip_pair_sampler(16), world_tokenizer(32), tmp_path / "trained", config, progress=False)
+    package = pack_world_clip(trained, tmp_path / "package")
+    stored = (package / "model.safetensors").stat().st_size
+    assert stored < (trained / "model.safetensors").stat().st_size
+    rebuilt = unpack_world_clip(package, tmp_path / "rebuilt")
+    a, b = Backbone.load(str(trained)), Backbone.load(str(rebuilt))
+    texts = ["Make the circle green, and remove the star.", "a photo of $", "a red square on a white background"]
+    assert torch.allclose(a.encode_text(texts), b.encode_text(texts), atol=2e-2)
+    for (name, x), (_, y) in zip(a.text.state_dict().items(), b.text.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-2, rtol=1e-2), name  # fp16 storage
+    images, _ = clip_pair_sampler(16)(random.Random(0), 4)
+    assert F.cosine_similarity(a.encode_image(images), b.encode_image(images)).min() > 0.999
