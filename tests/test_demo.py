@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     from zscir.cli import main
@@ -22,8 +24,18 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     assert (tmp_path / "demo-results-fast" / "queries.png").stat().st_size > 0
     assert (tmp_path / "world-fast" / "phi" / "config.json").is_file()
 
-    assert main(["demo", "--fast", "--cache-dir", str(tmp_path), "--skip", "searle"]) == 0
+    assert results["calibration"]["clip"]["n"] > 0 and "gap_norm" in results["calibration"]["clip"]
+    assert set(results["calibration"]["pseudo_token"]) == {"LinCIR", "SEARLE"}
+    assert {c["name"] for c in results["acceptance"]} >= {"text only > image only (CIRR R@1)"}
+    assert "Orderings of the published tables that hold on this run" in printed
+
+    # two seeds: seed 0 is reused stage by stage, seed 1 is a new world; mean ± std per row
+    assert main(["demo", "--fast", "--cache-dir", str(tmp_path), "--skip", "searle", "cig", "--seeds", "2"]) == 0
     again = json.loads((tmp_path / "demo-results-fast" / "results.json").read_text())
-    assert again["seconds"]["clip"] < results["seconds"]["clip"]  # reused, not retrained
+    assert again["per_seed"]["0"]["seconds"]["clip"] < results["seconds"]["clip"]  # reused, not retrained
     for label in ("image only", "LinCIR (Phi trained here)", "LinCIR + RTD"):
-        assert again["rows"][label] == results["rows"][label]
+        assert again["per_seed"]["0"]["rows"][label] == results["rows"][label]
+        seeds = [again["per_seed"][s]["rows"][label]["cirr"]["R@1"] for s in ("0", "1")]
+        assert again["rows"][label]["cirr"]["R@1"] == pytest.approx(sum(seeds) / 2, abs=0.01)
+        assert again["std"][label]["cirr"]["R@1"] == pytest.approx(abs(seeds[0] - seeds[1]) / 2 ** 0.5, abs=0.01)
+    assert (tmp_path / "world-fast-seed1" / "data" / "manifest.json").is_file()

@@ -92,3 +92,43 @@ def test_pack_and_unpack_world_clip_round_trip(tmp_path):
         assert torch.allclose(x, y, atol=1e-2, rtol=1e-2), name  # fp16 storage
     images, _ = clip_pair_sampler(16)(random.Random(0), 4)
     assert F.cosine_similarity(a.encode_image(images), b.encode_image(images)).min() > 0.999
+
+
+def test_shipped_world_clip_is_the_code_recipe_and_a_short_retrain_reproduces_its_start(tmp_path):
+    from zscir.demo.calibration import heldout_pairs, modality_geometry
+    from zscir.demo.world_models import (
+        SHIPPED_CLIP,
+        _clip_config_from_log,
+        default_clip_config,
+        train_world_clip,
+        unpack_world_clip,
+    )
+    from zscir.models.backbone import Backbone
+
+    log = json.loads((SHIPPED_CLIP / "train_log.json").read_text())
+    config = _clip_config_from_log(log)
+    assert config.size == default_clip_config().size
+    assert {k: v for k, v in vars(config).items() if k not in ("threads",)} == {
+        k: v for k, v in vars(default_clip_config()).items() if k not in ("threads",)}
+    short = train_world_clip(tmp_path / "short", config, progress=False, stop_after=6)
+    head = json.loads((short / "train_log.json").read_text())["loss_head"]
+    assert head == pytest.approx(log["loss_head"][:6], rel=1e-3)  # the same recipe, data and initialisation
+    # the shipped weights retrieve far above chance on fresh held-out pairs
+    shipped = Backbone.load(str(unpack_world_clip(SHIPPED_CLIP, tmp_path / "shipped")))
+    images, captions = heldout_pairs(config.size.image_size, n=200, seed="test-heldout")
+    geometry = modality_geometry(shipped.encode_image(images), shipped.encode_text(captions))
+    assert geometry["t2i_R@1"] > 20 * (100 / 200) and geometry["i2t_R@1"] > 20 * (100 / 200)
+
+
+def test_train_clip_command_trains_saves_and_reports_geometry(tmp_path, capsys):
+    from zscir.cli import main
+    from zscir.models.backbone import Backbone
+
+    out = tmp_path / "clip"
+    assert main(["train-clip", "--out", str(out), "--steps", "2", "--batch-size", "8", "--fp16", "--no-progress"]) == 0
+    geometry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert geometry["n"] == 1000 and -1 <= geometry["centroid_cosine"] <= 1
+    backbone = Backbone.load(str(out))
+    assert len(backbone.tokenizer) == 49408  # the real CLIP BPE
+    assert backbone.tokenizer("the circle's color.", add_special_tokens=False)["input_ids"] != []
+    assert main(["train-clip", "--out", str(out)]) == 2  # refuses to overwrite

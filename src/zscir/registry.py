@@ -54,7 +54,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "{cache}/world/synthetic-clip",
             None,
             None,
-            "tiny CLIP trained on the synthetic world by `zscir demo` (offline default)",
+            "tiny CLIP of the synthetic world (shipped, retrain: `zscir train-clip`; unpacked by `zscir demo`)",
         ),
     ]
 }

@@ -313,6 +313,38 @@ def example_grid(examples: list[dict], path: Path, scale: int = 3) -> Path:
 # The stage
 
 
+def pseudo_target_similarity(evaluator, pseudo_dir: Path, backbone, seed: int = 0) -> dict[str, float]:
+    """Does a generated pseudo target carry signal? CLIP cosine to its true target vs to a random gallery image.
+
+    Returns:
+        {"to_target": mean cosine(pseudo, true target), "to_random": mean cosine(pseudo, a random gallery
+        image), "closer_to_target": percent of queries whose pseudo target is closer to the true target
+        than to that random image, "to_reference": mean cosine(pseudo, reference), "n"}.
+    """
+    import torch.nn.functional as F
+
+    from zscir.data.images import load_image
+    from zscir.generation.cig import image_path
+
+    split = evaluator.split
+    queries = [q for q in split.queries if q.targets and image_path(pseudo_dir, q.query_id).is_file()]
+    if not queries:
+        return {"n": 0}
+    pseudo = F.normalize(backbone.encode_image([load_image(image_path(pseudo_dir, q.query_id)) for q in queries]),
+                         dim=-1)
+    features = evaluator.features()
+    target = F.normalize(features.lookup([q.targets[0] for q in queries]), dim=-1)
+    reference = F.normalize(features.lookup([q.reference for q in queries]), dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    random_names = [split.gallery[int(i)] for i in torch.randint(len(split.gallery), (len(queries),),
+                                                                 generator=generator)]
+    random = F.normalize(features.lookup(random_names), dim=-1)
+    to_target, to_random = (pseudo * target).sum(-1), (pseudo * random).sum(-1)
+    return {"to_target": round(to_target.mean().item(), 3), "to_random": round(to_random.mean().item(), 3),
+            "to_reference": round((pseudo * reference).sum(-1).mean().item(), 3),
+            "closer_to_target": round(100 * (to_target > to_random).float().mean().item(), 1), "n": len(queries)}
+
+
 def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list, cache, out_dir: Path,
                   fast: bool = False, progress: bool = True, settings: CIGStageSettings | None = None,
                   threads: int | None = 1, examples: int = 8) -> dict:
@@ -383,6 +415,7 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
         reported = [sp.name for sp in splits]
         report_sweep = alpha_sweep([evaluators[n] for n in reported], [queries[n] for n in reported], s.alphas)
         rows = {n: evaluate_fused(evaluators[n], queries[n], alpha).metrics for n in reported}
+        similarity = {n: pseudo_target_similarity(evaluators[n], dirs[n], backbone) for n in reported}
         lap("evaluate", t)
 
     shown = []
@@ -401,6 +434,7 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
         "pseudo_dir": {n: str(d) for n, d in dirs.items()}, "examples": shown,
         "grid": str(grid) if grid else None, "vae": vae_report, "generator": gen_report, "generation": counts,
         "missing": {n: len(q.missing) for n, q in queries.items()}, "timings": timings,
+        "pseudo_target_similarity": similarity,
         "seconds": round(time.time() - start, 1), "reused": False,
     }
     result = _as_json(result)  # the same types whether fresh or reused (α keys become strings)

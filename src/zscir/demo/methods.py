@@ -21,12 +21,12 @@ from zscir.demo.world_models import finish_stage, stage_done
 class MethodBudget:
     """Training sizes of the demo's methods (CPU minutes, not the papers' GPU recipes)."""
 
-    lincir_steps: int = 400
+    lincir_steps: int = 300
     lincir_batch: int = 256
     rtd_steps: int = 150
     rtd_batch: int = 64
-    oti_steps: int = 150
-    searle_images: int = 1000
+    oti_steps: int = 120
+    searle_images: int = 600
     searle_steps: int = 400
     searle_batch: int = 256
 

@@ -339,6 +339,12 @@ def render_summary(results: dict, table: str) -> str:
         lines.append(f"  {bench:9} {values['metric']:6} image only {values['image_only']:5.1f}  text only "
                      f"{values['text_only']:5.1f}  upper bound {values['upper_bound']:5.1f}  text/upper "
                      f"{values['text_over_upper']:.2f}  text/image {values['text_over_image']:.1f}{real}")
+    for split_name, sim in (results.get("cig") or {}).get("pseudo_target_similarity", {}).items():
+        if sim.get("n"):
+            lines.append(f"  CIG pseudo targets ({split_name}): CLIP cosine to the true target {sim['to_target']:.3f} "
+                         f"vs to a random gallery image {sim['to_random']:.3f} (to the reference "
+                         f"{sim['to_reference']:.3f}); closer to the target than to the random image for "
+                         f"{sim['closer_to_target']:.1f}%")
     lines += ["", "CIR: CIRR-format val (reference removed; Rs = subset recall), FashionIQ-format val (mean of 3 "
               "categories), CIRCO-format val", "", table]
     checks = results.get("acceptance", [])

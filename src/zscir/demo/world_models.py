@@ -50,25 +50,28 @@ def build_world_data(world_dir: Path, seed: int = 0, sizes: dict | None = None) 
 
 
 SHIPPED_CLIP = Path(__file__).parent / "world_clip"  # package data: the world CLIP trained by `zscir train-clip`
-TOKENIZER_VOCAB = 1200
+TOKENIZER = "openai-clip-bpe"  # the world CLIP reads text with OpenAI CLIP's real tokenizer (49408 tokens)
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def world_tokenizer(context_length: int):
-    """The world CLIP's tokenizer (CLIP-format byte-level BPE trained on the world's texts)."""
-    from zscir.data.synthetic.corpora import world_texts
-    from zscir.models.tokenizer import train_clip_tokenizer
+    """The world CLIP's tokenizer: OpenAI CLIP's BPE (vendored), so the world sees what real text does to `$`."""
+    from zscir.models.tokenizer import openai_clip_tokenizer
 
-    return train_clip_tokenizer(world_texts(), vocab_size=TOKENIZER_VOCAB, model_max_length=context_length)
+    return openai_clip_tokenizer(model_max_length=context_length)
 
 
-def train_world_clip(out_dir: Path, config: ClipTrainConfig | None = None, progress: bool = True) -> Path:
-    """Train the world CLIP from scratch on the world's pair stream (the recipe of `default_clip_config`)."""
+def train_world_clip(out_dir: Path, config: ClipTrainConfig | None = None, progress: bool = True,
+                     stop_after: int | None = None) -> Path:
+    """Train the world CLIP from scratch on the world's pair stream (the recipe of `default_clip_config`;
+    `stop_after` = only the first steps of it)."""
     from zscir.data.synthetic.corpora import clip_pair_sampler
     from zscir.training.clip import train_clip
 
     config = config or default_clip_config()
     sampler = clip_pair_sampler(image_size=config.size.image_size)
-    return train_clip(sampler, world_tokenizer(config.size.context_length), out_dir, config, progress=progress)
+    return train_clip(sampler, world_tokenizer(config.size.context_length), out_dir, config, progress=progress,
+                      stop_after=stop_after)
 
 
 def world_clip(cache_dir: Path, fast: bool = False, train: bool = False, progress: bool = True) -> tuple[Path, dict]:
@@ -87,7 +90,7 @@ def world_clip(cache_dir: Path, fast: bool = False, train: bool = False, progres
     folder = Path(cache_dir) / ("world-fast" if fast and train else "world") / "synthetic-clip"
     if train:
         config = default_clip_config(fast)
-        settings = {"source": "trained here", "clip": asdict(config), "tokenizer_vocab": TOKENIZER_VOCAB}
+        settings = {"source": "trained here", "clip": asdict(config), "tokenizer": TOKENIZER}
     else:
         settings = {"source": "shipped", "weights": _file_digest(SHIPPED_CLIP / "model.safetensors")}
     if stage_done(folder, settings):
@@ -116,8 +119,13 @@ def _file_digest(path: Path) -> str:
 def default_clip_config(fast: bool = False) -> ClipTrainConfig:
     """The demo's CLIP recipe; `fast` is a short run for smoke tests."""
     if fast:
-        return ClipTrainConfig(size=ClipSize(), steps=30, batch_size=64)
-    return ClipTrainConfig()
+        return ClipTrainConfig(size=ClipSize(), steps=30, batch_size=64, modality_offset=WORLD_CLIP_OFFSET)
+    return ClipTrainConfig(steps=600, modality_offset=WORLD_CLIP_OFFSET)
+
+
+# Norm of each tower's initial cone offset (ClipTrainConfig.modality_offset): puts the initial image and
+# text embeddings in two narrow cones, as a deep CLIP's are at initialisation (Mind the Gap).
+WORLD_CLIP_OFFSET = 12.0
 
 
 def pack_world_clip(trained: Path, package: Path) -> Path:
@@ -140,7 +148,10 @@ def pack_world_clip(trained: Path, package: Path) -> Path:
     key = "text_model.embeddings.token_embedding.weight"
     from transformers import AutoTokenizer
 
-    initial = build_clip(AutoTokenizer.from_pretrained(str(trained)), config.size, seed=config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(trained))
+    if len(tokenizer) != len(world_tokenizer(config.size.context_length)):
+        raise ValueError(f"{trained}: not trained with the world tokenizer ({TOKENIZER})")
+    initial = build_clip(tokenizer, config.size, seed=config.seed)
     init_geometry(initial, config)
     start = initial.state_dict()[key]
     ids = torch.nonzero((tensors[key] != start).any(dim=1)).flatten()
@@ -153,15 +164,14 @@ def pack_world_clip(trained: Path, package: Path) -> Path:
     package.mkdir(parents=True)
     save_file(packed, str(package / "model.safetensors"), metadata={"format": "zscir-world-clip"})
     for name in sorted(p.name for p in trained.iterdir()):
-        if name.endswith((".json", ".txt")) and name != DONE:
-            shutil.copy2(trained / name, package / name)
+        if name.endswith((".json", ".txt")) and name != DONE and name not in TOKENIZER_FILES:
+            shutil.copy2(trained / name, package / name)  # the tokenizer is rebuilt from the vendored BPE
     return package
 
 
 def unpack_world_clip(package: Path, out_dir: Path) -> Path:
     """Rebuild a loadable CLIP folder from `pack_world_clip`'s package data (see there)."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
     from zscir.models.factory import build_clip, save_clip_folder
     from zscir.training.clip import init_geometry
@@ -169,7 +179,7 @@ def unpack_world_clip(package: Path, out_dir: Path) -> Path:
     package, out_dir = Path(package), Path(out_dir)
     log = json.loads((package / "train_log.json").read_text())
     config = _clip_config_from_log(log)
-    tokenizer = AutoTokenizer.from_pretrained(str(package))
+    tokenizer = world_tokenizer(config.size.context_length)
     model = build_clip(tokenizer, config.size, seed=config.seed)
     init_geometry(model, config)
     tensors = load_file(str(package / "model.safetensors"))

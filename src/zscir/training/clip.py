@@ -26,6 +26,9 @@ from zscir.models.factory import ClipSize, build_clip, save_clip_folder
 PairSampler = Callable[[random.Random, int], tuple[Sequence[Image.Image], Sequence[str]]]
 
 
+LOSS_HEAD = 25  # first losses kept in the training log (a short retrain must reproduce them)
+
+
 @dataclass
 class ClipTrainConfig:
     """Recipe for the tiny CLIP (WORLD-NOTES: these settings train in minutes on 2 cores)."""
@@ -95,6 +98,7 @@ def train_clip(
     out_dir: str | Path,
     config: ClipTrainConfig | None = None,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> Path:
     """Train a CLIP from scratch on sampled pairs and save it as a loadable folder.
 
@@ -104,6 +108,8 @@ def train_clip(
         out_dir: destination folder (config + weights + tokenizer + processor + `train_log.json`).
         config: recipe; `ClipTrainConfig()` by default.
         progress: show a tqdm bar.
+        stop_after: stop (and save) after this many steps of the full schedule — the first steps of
+            exactly the recipe's run (a test compares them with the shipped model's training log).
     Returns:
         `out_dir`, loadable with `Backbone.load(str(out_dir))`.
     """
@@ -135,7 +141,8 @@ def train_clip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     context = config.size.context_length
     losses, start = [], time.time()
-    bar = tqdm(range(config.steps), desc="train tiny CLIP", disable=not progress or None)
+    steps = config.steps if stop_after is None else min(stop_after, config.steps)
+    bar = tqdm(range(steps), desc="train tiny CLIP", disable=not progress or None)
     for step in bar:
         images, captions = sample_pairs(rng, config.batch_size)
         pixels = pixels_from_images(images, processor)
@@ -159,7 +166,8 @@ def train_clip(
     model.eval()
     save_clip_folder(model, tokenizer, out_dir, config.size)
     log = {"config": asdict(config), "seconds": round(time.time() - start, 1), "loss_first_10": np.mean(losses[:10]),
-           "loss_last_10": float(np.mean(losses[-10:])), "steps": config.steps,
+           "loss_last_10": float(np.mean(losses[-10:])), "steps": steps,
+           "loss_head": [round(x, 5) for x in losses[:LOSS_HEAD]],
            "logit_scale": round(float(model.logit_scale.detach().exp()), 2)}
     (out_dir / "train_log.json").write_text(json.dumps(log, indent=2, default=float))
     return out_dir

@@ -109,8 +109,9 @@ def apply_changes(reference: Scene, edits: list[Edit]) -> Scene:
 
 def content_clause(reference: Scene, edits: list[Edit], target: Scene, rng: random.Random,
                    scene_fraction: float = 0.3) -> str:
-    """A clause on what the target shows: an object the edits produced or kept, or the whole target scene."""
-    if rng.random() < scene_fraction and len(target.objects) <= 2:
+    """A clause on what the target shows: an object the edits produced or kept, or (one change, at most two
+    objects, so that the caption fits a 32-token context) the whole target scene."""
+    if rng.random() < scene_fraction and len(target.objects) <= 2 and len(edits) == 1:
         return rng.choice(SCENE_CLAUSES).format(scene=describe_scene(target, rng))
     changed = {e.to_cell if e.kind in ("move", "add") else e.cell for e in edits} - {None}
     pool = [o for o in target.objects if o.cell in changed] or list(target.objects)
