@@ -122,8 +122,8 @@ def content_clause(reference: Scene, edits: list[Edit], target: Scene, rng: rand
     return rng.choice(OBJECT_CLAUSES).format(obj=words)
 
 
-def composite_caption(reference: Scene, edits: list[Edit], rng: random.Random, content_fraction: float = 0.5
-                      ) -> str:
+def composite_caption(reference: Scene, edits: list[Edit], rng: random.Random, content_fraction: float = 0.5,
+                      scene_fraction: float = 0.3) -> str:
     """A CIRR-like caption for `edits` (see the module docstring).
 
     Args:
@@ -131,13 +131,14 @@ def composite_caption(reference: Scene, edits: list[Edit], rng: random.Random, c
         edits: from `sample_changes`.
         rng: paraphrase source.
         content_fraction: probability of a clause on what the target shows.
+        scene_fraction: probability that such a clause describes the whole target (see `content_clause`).
     Returns:
         e.g. "Make the circle green, and remove the small star." or
         "Change the background to black; so that it shows a large green circle".
     """
     clauses = [relative_caption(reference, e, rng) for e in edits]
     if rng.random() < content_fraction:
-        clauses.append(content_clause(reference, edits, apply_changes(reference, edits), rng))
+        clauses.append(content_clause(reference, edits, apply_changes(reference, edits), rng, scene_fraction))
     text = clauses[0]
     for clause in clauses[1:]:
         separator = rng.choice(SEPARATORS)
