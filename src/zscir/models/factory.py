@@ -86,6 +86,9 @@ def save_clip_folder(model, tokenizer, folder: str | Path, size: ClipSize | None
     image_processor_for(model.config.vision_config.image_size).save_pretrained(folder)
     if size is not None:
         (folder / "zscir_clip_size.json").write_text(json.dumps(asdict(size), indent=2))
+    from zscir.utils.io import apply_umask_modes
+
+    apply_umask_modes(folder)  # save_pretrained's safetensors files are 0600 whatever the umask
     return folder
 
 

@@ -46,10 +46,11 @@ def load_text_tower(path: str | Path, like: torch.nn.Module) -> torch.nn.Module:
 
 def save_text_tower(tower: torch.nn.Module, folder: str | Path, rtd_file: str | Path | None = None) -> Path:
     """Save a text tower as an HF folder and, optionally, in RTD's `.pt` format."""
-    from zscir.utils.io import atomic_path
+    from zscir.utils.io import apply_umask_modes, atomic_path
 
     folder = Path(folder)
     tower.save_pretrained(folder)
+    apply_umask_modes(folder)  # save_pretrained's safetensors files are 0600 whatever the umask
     if rtd_file is not None:
         with atomic_path(rtd_file) as tmp:
             torch.save({RTD_KEY: {k: v.detach().cpu() for k, v in tower.state_dict().items()}}, tmp)
