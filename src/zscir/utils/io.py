@@ -27,6 +27,7 @@ _TEMP_RE = re.compile(r"^\..+\.(?:(?P<pid>\d+)-(?P<host>.*)-[0-9a-f]{8}|[A-Za-z0
 # temp folders of the training loop and the demo: .tmp-{name}, .old-{name}, .{name}.tmp
 _TEMP_DIR_RE = re.compile(r"^\.(?:tmp-.+|old-.+|.+\.tmp)$")
 STALE_AFTER_S = 3600.0  # a temp file of another host (or without an owner) untouched this long is stale
+PID_REUSE_AFTER_S = 86400.0  # past this age a live pid on this host is taken for a reused one
 
 
 def _host() -> str:
@@ -104,18 +105,19 @@ def is_stale_temp(path: Path, now: float | None = None, stale_after: float = STA
     """True for a temp file that no live writer owns.
 
     A temp file of this host is stale when its writer's pid is gone; one of another host (a shared
-    file system) or of the older unnamed form when it was not modified for `stale_after` seconds.
+    file system) or of the older unnamed form when it was not modified for `stale_after` seconds (as is
+    one of this host untouched for a day: its pid is then taken for a reused one).
     """
     match = _TEMP_RE.match(path.name)
     if match is None:
         return False
-    pid, host = match.group("pid"), match.group("host")
-    if pid is not None and host == _host():
-        return int(pid) != os.getpid() and not _pid_alive(int(pid))
     try:
         age = (time.time() if now is None else now) - path.stat().st_mtime
     except FileNotFoundError:
         return False
+    pid, host = match.group("pid"), match.group("host")
+    if pid is not None and host == _host() and age <= PID_REUSE_AFTER_S:
+        return int(pid) != os.getpid() and not _pid_alive(int(pid))
     return age > stale_after
 
 
