@@ -39,11 +39,11 @@ def test_encode_image_batched_equals_one_batch(tiny_backbone):
     torch.testing.assert_close(full, direct, atol=1e-5, rtol=1e-5)
 
 
-def test_encode_text_matches_tower(tiny_backbone):
+def test_encode_text_matches_tower(any_backbone):
     texts = ["a red circle", "make the square green"]
     with torch.no_grad():
-        expected = tiny_backbone.text(input_ids=tiny_backbone.tokenize(texts)).text_embeds
-    torch.testing.assert_close(tiny_backbone.encode_text(texts, batch_size=1), expected, atol=1e-5, rtol=0)
+        expected = any_backbone.text(input_ids=any_backbone.tokenize(texts)).text_embeds
+    torch.testing.assert_close(any_backbone.encode_text(texts, batch_size=1), expected, atol=1e-5, rtol=0)
 
 
 def test_bf16_backbone_runs(tiny_clip_dir):
@@ -90,16 +90,16 @@ def test_synthetic_backbone_not_built_says_how(monkeypatch, tmp_path):
         Backbone.load("synthetic-clip")
 
 
-def test_composed_encoding_drops_padding_without_changing_the_result(tiny_backbone):
+def test_composed_encoding_drops_padding_without_changing_the_result(any_backbone):
     from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
 
-    texts = ["a photo of $", "a small blue $ at the top left", "$", "move the star to the middle"]
-    tokens = torch.randn(4, tiny_backbone.hidden_size)
-    ids = tiny_backbone.tokenize(texts)
+    texts = ["a photo of $", "a small blue $ at the top left", "$ , ( $ )", "move the star to the middle"]
+    tokens = torch.randn(4, any_backbone.hidden_size)
+    ids = any_backbone.tokenize(texts)
     assert int((ids != ids[0, -1]).sum(1).max()) < ids.shape[1] - 2  # there IS padding to drop
     with torch.no_grad():
-        full = encode_with_pseudo_tokens(tiny_backbone.text, ids, tokens, tiny_backbone.pseudo_token_id).text_embeds
-        trimmed = tiny_backbone.encode_composed(texts, tokens).text_embeds
-        penultimate = tiny_backbone.encode_composed(texts, tokens, return_penultimate=True).penultimate_hidden_states
+        full = encode_with_pseudo_tokens(any_backbone.text, ids, tokens, any_backbone.pseudo_token_id).text_embeds
+        trimmed = any_backbone.encode_composed(texts, tokens).text_embeds
+        penultimate = any_backbone.encode_composed(texts, tokens, return_penultimate=True).penultimate_hidden_states
     torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
-    assert penultimate.shape[1] == tiny_backbone.context_length  # SDXL needs the whole context
+    assert penultimate.shape[1] == any_backbone.context_length  # SDXL needs the whole context

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
-from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
+from zscir.models.pseudo_tokens import causal_attention_mask, encode_with_pseudo_tokens
 
 
 def slow_reference(tower, input_ids, pseudo_tokens, pseudo_id):
@@ -43,24 +44,28 @@ def slow_reference(tower, input_ids, pseudo_tokens, pseudo_id):
     return tower.text_projection(pooled), penultimate
 
 
-def test_no_pseudo_word_equals_tower_features(tiny_backbone):
+def test_no_pseudo_word_equals_tower_features(any_backbone):
     prompts = ["a red circle", "make the square green and remove the star", "a"]
-    ids = tiny_backbone.tokenize(prompts)
+    ids = any_backbone.tokenize(prompts)
     with torch.no_grad():
-        ours = encode_with_pseudo_tokens(tiny_backbone.text, ids, return_penultimate=True)
-        theirs = tiny_backbone.text(input_ids=ids, output_hidden_states=True)
+        ours = encode_with_pseudo_tokens(any_backbone.text, ids, return_penultimate=True)
+        theirs = any_backbone.text(input_ids=ids, output_hidden_states=True)
     torch.testing.assert_close(ours.text_embeds, theirs.text_embeds, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.penultimate_hidden_states, theirs.hidden_states[-2], atol=1e-5, rtol=0)
 
 
-def test_no_pseudo_word_equals_clipmodel_get_text_features(tiny_clip_dir, tiny_backbone):
+@pytest.mark.parametrize("folder", ["tiny_clip_dir", "tiny_real_clip_dir"])
+def test_no_pseudo_word_equals_clipmodel_get_text_features(request, folder):
     from transformers import CLIPModel
 
-    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
-    ids = tiny_backbone.tokenize(["a small blue square at the top left"])
+    from zscir.models.backbone import Backbone
+
+    folder = request.getfixturevalue(folder)
+    model, backbone = CLIPModel.from_pretrained(folder).eval(), Backbone.load(str(folder))
+    ids = backbone.tokenize(["a small blue square at the top left", "the man's hat, (red) car; two cats."])
     with torch.no_grad():
         expected = model.get_text_features(input_ids=ids).pooler_output
-        got = encode_with_pseudo_tokens(tiny_backbone.text, ids).text_embeds
+        got = encode_with_pseudo_tokens(backbone.text, ids).text_embeds
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
@@ -70,36 +75,37 @@ def test_no_pseudo_word_equals_clipmodel_get_text_features(tiny_clip_dir, tiny_b
         ["a photo of $ that is blue", "a photo of $"],  # one $ per row
         ["$ and $ on a white background", "a photo of $ that is $"],  # two $ in a row
         ["a red circle", "a photo of $ that is blue", "$"],  # mixed rows: one without $
+        ["the man's $ , running .", "( $ ) car ; $ 's hat"],  # punctuation kept apart from $
     ],
 )
-def test_pseudo_tokens_match_slow_reference(tiny_backbone, prompts):
+def test_pseudo_tokens_match_slow_reference(any_backbone, prompts):
     torch.manual_seed(0)
-    pid = tiny_backbone.pseudo_token_id
-    ids = tiny_backbone.tokenize(prompts)
-    assert (ids == pid).sum() >= len([p for p in prompts if "$" in p])
-    tokens = torch.randn(len(prompts), tiny_backbone.hidden_size)
+    pid = any_backbone.pseudo_token_id
+    ids = any_backbone.tokenize(prompts)
+    assert int((ids == pid).sum()) == sum(p.split().count("$") for p in prompts)  # every $ is the pseudo id
+    tokens = torch.randn(len(prompts), any_backbone.hidden_size)
     with torch.no_grad():
-        ours = encode_with_pseudo_tokens(tiny_backbone.text, ids, tokens, pid, return_penultimate=True)
-        ref, ref_penultimate = slow_reference(tiny_backbone.text, ids, tokens, pid)
+        ours = encode_with_pseudo_tokens(any_backbone.text, ids, tokens, pid, return_penultimate=True)
+        ref, ref_penultimate = slow_reference(any_backbone.text, ids, tokens, pid)
     torch.testing.assert_close(ours.text_embeds, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.penultimate_hidden_states, ref_penultimate, atol=1e-5, rtol=1e-5)
 
 
-def test_pseudo_token_changes_the_result_and_only_where_present(tiny_backbone):
-    pid = tiny_backbone.pseudo_token_id
-    ids = tiny_backbone.tokenize(["a photo of $", "a red circle"])
-    a, b = torch.randn(2, tiny_backbone.hidden_size), torch.randn(2, tiny_backbone.hidden_size)
+def test_pseudo_token_changes_the_result_and_only_where_present(any_backbone):
+    pid = any_backbone.pseudo_token_id
+    ids = any_backbone.tokenize(["a photo of $", "a red circle"])
+    a, b = torch.randn(2, any_backbone.hidden_size), torch.randn(2, any_backbone.hidden_size)
     with torch.no_grad():
-        out_a = encode_with_pseudo_tokens(tiny_backbone.text, ids, a, pid).text_embeds
-        out_b = encode_with_pseudo_tokens(tiny_backbone.text, ids, b, pid).text_embeds
+        out_a = encode_with_pseudo_tokens(any_backbone.text, ids, a, pid).text_embeds
+        out_b = encode_with_pseudo_tokens(any_backbone.text, ids, b, pid).text_embeds
     assert not torch.allclose(out_a[0], out_b[0])
     torch.testing.assert_close(out_a[1], out_b[1])
 
 
-def test_gradients_reach_pseudo_tokens_and_tower(tiny_backbone):
-    tower = tiny_backbone.text.train().requires_grad_(True)
-    tokens = torch.randn(2, tiny_backbone.hidden_size, requires_grad=True)
-    out = tiny_backbone.encode_composed(["a photo of $ that is blue", "$ and $"], tokens, text_tower=tower)
+def test_gradients_reach_pseudo_tokens_and_tower(any_backbone):
+    tower = any_backbone.text.train().requires_grad_(True)
+    tokens = torch.randn(2, any_backbone.hidden_size, requires_grad=True)
+    out = any_backbone.encode_composed(["a photo of $ that is blue", "$ and $"], tokens, text_tower=tower)
     out.text_embeds.pow(2).sum().backward()
     assert tokens.grad is not None and tokens.grad.abs().sum() > 0
     assert tower.text_model.encoder.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
@@ -107,13 +113,13 @@ def test_gradients_reach_pseudo_tokens_and_tower(tiny_backbone):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_is_close_to_fp32(tiny_backbone, dtype):
-    pid = tiny_backbone.pseudo_token_id
-    ids = tiny_backbone.tokenize(["a photo of $ that is blue", "a red circle"])
-    tokens = torch.randn(2, tiny_backbone.hidden_size)
+def test_low_precision_is_close_to_fp32(any_backbone, dtype):
+    pid = any_backbone.pseudo_token_id
+    ids = any_backbone.tokenize(["a photo of $ that is blue", "a red circle"])
+    tokens = torch.randn(2, any_backbone.hidden_size)
     with torch.no_grad():
-        full = encode_with_pseudo_tokens(tiny_backbone.text, ids, tokens, pid).text_embeds
-        low_tower = tiny_backbone.text.to(dtype)
+        full = encode_with_pseudo_tokens(any_backbone.text, ids, tokens, pid).text_embeds
+        low_tower = any_backbone.text.to(dtype)
         low = encode_with_pseudo_tokens(low_tower, ids, tokens, pid).text_embeds
     assert low.dtype == dtype
     assert torch.isfinite(low).all()
@@ -121,18 +127,37 @@ def test_low_precision_is_close_to_fp32(tiny_backbone, dtype):
     assert (cosine > 0.99).all(), cosine
 
 
-def test_legacy_eos_id_2_pools_like_the_tower(tiny_backbone):
-    tower = tiny_backbone.text
+def test_legacy_eos_id_2_pools_like_the_tower(any_backbone):
+    tower = any_backbone.text
     tower.text_model.config.eos_token_id = 2
     tower.text_model.eos_token_id = 2
-    ids = tiny_backbone.tokenize(["a red circle", "make the circle green"])
+    ids = any_backbone.tokenize(["a red circle", "make the circle green"])
     with torch.no_grad():
         expected = tower(input_ids=ids).text_embeds
         got = encode_with_pseudo_tokens(tower, ids).text_embeds
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_wrong_pseudo_token_shape_is_refused(tiny_backbone):
-    ids = tiny_backbone.tokenize(["a photo of $"])
+def test_wrong_pseudo_token_shape_is_refused(any_backbone):
+    ids = any_backbone.tokenize(["a photo of $"])
     with pytest.raises(ValueError, match="pseudo_tokens must be"):
-        encode_with_pseudo_tokens(tiny_backbone.text, ids, torch.randn(1, 5), tiny_backbone.pseudo_token_id)
+        encode_with_pseudo_tokens(any_backbone.text, ids, torch.randn(1, 5), any_backbone.pseudo_token_id)
+
+
+def test_encode_raises_no_warning(any_backbone):
+    """No deprecated argument reaches transformers (it printed a FutureWarning on every encode)."""
+    tokens = torch.randn(2, any_backbone.hidden_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        any_backbone.encode_text(["a photo of $ that is blue", "a red circle"], pseudo_tokens=tokens)
+        any_backbone.encode_composed(["a photo of $"], tokens[:1], return_penultimate=True)
+
+
+def test_causal_mask_blocks_exactly_the_future(tiny_backbone):
+    hidden = torch.zeros(2, 5, tiny_backbone.hidden_size)
+    mask = causal_attention_mask(tiny_backbone.text.text_model.config, hidden)
+    if mask is None:  # SDPA may skip the mask and rely on is_causal=True, which the layers get
+        return
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    expected = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(allowed.reshape(-1, 5, 5)[0], expected)

@@ -12,6 +12,8 @@ the tower's own `text_embeds`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +49,32 @@ def end_of_text_positions(text_model, input_ids: torch.Tensor) -> torch.Tensor:
     return is_eos.int().argmax(dim=-1)
 
 
+@functools.lru_cache(maxsize=1)
+def _causal_mask_parameters() -> frozenset[str]:
+    from transformers.masking_utils import create_causal_mask
+
+    return frozenset(inspect.signature(create_causal_mask).parameters)
+
+
+def causal_attention_mask(config, hidden: torch.Tensor):
+    """The text tower's causal mask from transformers' public `create_causal_mask`, as the tower builds it.
+
+    The function's arguments changed within 5.x (5.0: `input_embeds` + `cache_position` +
+    `past_key_values`; later `inputs_embeds` + `past_key_values`; 5.2x: `cache`, with
+    `past_key_values` deprecated for removal in 5.40). Each argument is passed under the name the
+    installed version declares, so no deprecated name is ever used (no FutureWarning per encode).
+    """
+    from transformers.masking_utils import create_causal_mask
+
+    params = _causal_mask_parameters()
+    kwargs = {"config": config, "attention_mask": None}
+    kwargs["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
+    kwargs["cache" if "cache" in params else "past_key_values"] = None
+    if "cache_position" in params:
+        kwargs["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
+    return create_causal_mask(**kwargs)
+
+
 def encode_with_pseudo_tokens(
     text_tower,
     input_ids: torch.Tensor,
@@ -67,8 +95,6 @@ def encode_with_pseudo_tokens(
     Returns:
         PseudoTokenOutput with `text_embeds` [B, P] in the tower's dtype.
     """
-    from transformers.masking_utils import create_causal_mask
-
     text_model = text_tower.text_model
     embeddings = text_model.embeddings
     input_ids = input_ids.to(embeddings.token_embedding.weight.device)
@@ -84,9 +110,7 @@ def encode_with_pseudo_tokens(
         is_pseudo = (input_ids == pseudo_token_id).unsqueeze(-1)  # [B, L, 1]
         token_embeds = torch.where(is_pseudo, pseudo_tokens.to(token_embeds.dtype).unsqueeze(1), token_embeds)
     hidden = embeddings(inputs_embeds=token_embeds)  # + position embeddings
-    causal_mask = create_causal_mask(
-        config=text_model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None
-    )
+    causal_mask = causal_attention_mask(text_model.config, hidden)
     layers = text_model.encoder.layers
     penultimate = None
     for index, layer in enumerate(layers):
