@@ -23,7 +23,7 @@ def test_keyword_spans_are_maximal_runs():
     tokens = [(0, 1, "DET", True), (2, 5, "ADJ", True), (6, 9, "ADJ", True), (10, 14, "NOUN", True),
               (15, 19, "ADP", True), (20, 23, "DET", True), (24, 31, "NOUN", False), (31, 32, "PUNCT", False)]
     assert keyword_spans(tokens) == [(0, 14), (20, 31)]
-    assert mask_spans("a big red ball with all colours.", [(0, 14), (20, 31)]) == "$ with $."
+    assert mask_spans("a big red ball with all colours.", [(0, 14), (20, 31)]) == "$ with $ ."
     # an in-word hyphen joins a run, a spaced dash does not
     hyphen = [(0, 1, "NOUN", False), (1, 2, "PUNCT", False), (2, 7, "NOUN", True), (8, 9, "PUNCT", True),
               (10, 13, "NOUN", False)]
@@ -31,23 +31,79 @@ def test_keyword_spans_are_maximal_runs():
 
 
 def test_masking_never_hits_inside_a_word(nlp):
-    masked = mask_captions(["a ball with all colours", "she is calling all players", "A man in a red T-shirt."], nlp)
+    masked, spans = mask_captions(["a ball with all colours", "she is calling all players",
+                                   "A man in a red T-shirt."], nlp)
     assert masked[0] == "$ with $"  # str.replace("all", "$") would give "a b$ with $ colours"
     assert masked[1].startswith("she is calling ") and "call" in masked[1] and masked[1].endswith("$")
-    assert masked[2] == "$ in $."
+    assert masked[2] == "$ in $ ."
+    assert spans == [2, masked[1].split().count("$"), 2]
     for text in masked:
         for word in text.split():
-            assert word.strip(".") == "$" or "$" not in word  # `$` only ever stands as a whole word
+            assert word == "$" or "$" not in word  # `$` only ever stands as a word of its own
 
 
-def test_masked_prompts_fallback_and_cache(tiny_backbone, nlp, tmp_path):
+PUNCTUATED = ["a dog, running.", "the man's hat", "(red) car", "two cats; one black",
+              "a dog, running on the beach.", "a woman's red dress!", "cars: red, blue & green."]
+
+
+def test_every_mask_survives_punctuation(any_backbone, nlp):
+    """On the real CLIP BPE `$,` `$.` `$'s` are tokens that are not the pseudo token; masking avoids them."""
+    from zscir.models.tokenizer import pseudo_word_counts
+
+    masked, spans = mask_captions(PUNCTUATED, nlp)
+    assert all(n > 0 for n in spans)
+    assert pseudo_word_counts(any_backbone.tokenizer, masked) == spans
+    corpus = masked_prompts(any_backbone, PUNCTUATED, nlp, None, progress=False)
+    assert corpus.kept == list(range(len(PUNCTUATED))) and corpus.dropped == {} and corpus.fallbacks == 0
+    assert corpus.prompts == masked
+    assert ((corpus.input_ids == any_backbone.pseudo_token_id).sum(dim=1) > 0).all()
+
+
+def test_unmasked_style_text_loses_the_pseudo_token_on_real_bpe(real_clip_tokenizer):
+    """Why the spaces matter: gluing `$` to punctuation (what str.replace gives) breaks the real BPE."""
+    from zscir.models.tokenizer import pseudo_word_counts
+
+    assert pseudo_word_counts(real_clip_tokenizer, ["$, running.", "on the $.", "$'s hat", "($) car"]) == [0, 0, 0, 0]
+    assert pseudo_word_counts(real_clip_tokenizer, ["$ , running.", "on the $ .", "$ 's hat", "( $ ) car"]) == [1] * 4
+
+
+def test_captions_that_cannot_be_fixed_are_counted_and_left_out(any_backbone, nlp):
+    captions = ["a red circle on a white background", "a shirt for $5 with a red star", "a blue square."]
+    corpus = masked_prompts(any_backbone, captions, nlp, None, progress=False)
+    assert corpus.kept == [0, 2] and sum(corpus.dropped.values()) == 1
+    assert "1 of 3 captions dropped" in corpus.summary() and "$" in corpus.summary()
+    assert corpus.input_ids.shape[0] == 2 and len(corpus.prompts) == 2
+
+
+def test_a_tokenizer_that_merges_the_pseudo_word_is_caught(tiny_backbone, nlp, monkeypatch):
+    """The check is the safety net: a tokenizer that still merges `$` drops and counts the caption."""
+    from zscir.training import keywords
+
+    monkeypatch.setattr(keywords, "mask_spans", lambda text, spans, pseudo_word="$": keywords_glued(text, spans))
+    corpus = masked_prompts(tiny_backbone, ["a red circle", "run fast"], nlp, None, progress=False)
+    assert corpus.kept == [1] and corpus.dropped == {"pseudo word merged with punctuation": 1}
+    assert corpus.prompts == ["a photo of $"] and corpus.fallbacks == 1
+
+
+def keywords_glued(text, spans):
+    """Masking as the public code does it: `$` glued to following punctuation ("$.")."""
+    out, cursor = [], 0
+    for start, end in spans:
+        out += [text[cursor:start], "$."]
+        cursor = end
+    return "".join(out + [text[cursor:]])
+
+
+def test_masked_prompts_fallback_and_cache(any_backbone, nlp, tmp_path):
     long_tail = "and " * 30 + "the red circle"  # the only keywords lie past the context length
     captions = ["a red circle on a white background", "run fast", long_tail]
-    prompts, ids = masked_prompts(tiny_backbone, captions, nlp, tmp_path, progress=False)
-    assert prompts[0] == "$ on $"
-    assert prompts[1] == "a photo of $" and prompts[2] == "a photo of $"
-    assert ids.shape == (3, tiny_backbone.context_length) and ids.dtype == torch.int32
-    assert bool((ids == tiny_backbone.pseudo_token_id).any(dim=1).all())
+    corpus = masked_prompts(any_backbone, captions, nlp, tmp_path, progress=False)
+    assert corpus.prompts[0] == "$ on $"
+    assert corpus.prompts[1] == "a photo of $" and corpus.prompts[2] == "a photo of $"
+    assert corpus.fallbacks == 2 and corpus.kept == [0, 1, 2]
+    ids = corpus.input_ids
+    assert ids.shape == (3, any_backbone.context_length) and ids.dtype == torch.int32
+    assert bool((ids == any_backbone.pseudo_token_id).any(dim=1).all())
 
     class NoPipe:  # same model id, but any parsing would fail: the second call must come from the cache
         meta = nlp.meta
@@ -55,8 +111,8 @@ def test_masked_prompts_fallback_and_cache(tiny_backbone, nlp, tmp_path):
         def pipe(self, *a, **k):
             raise AssertionError("spaCy ran again")
 
-    again, ids2 = masked_prompts(tiny_backbone, captions, NoPipe(), tmp_path, progress=False)
-    assert again == prompts and torch.equal(ids, ids2)
+    again = masked_prompts(any_backbone, captions, NoPipe(), tmp_path, progress=False)
+    assert again.prompts == corpus.prompts and torch.equal(ids, again.input_ids)
 
 
 def test_read_captions_counts_and_skips_bad_lines(tmp_path):
@@ -83,7 +139,8 @@ def test_read_captions_counts_and_skips_bad_lines(tmp_path):
 
 
 def _masked_ids(backbone, nlp, captions):
-    return masked_prompts(backbone, captions, nlp, None, progress=False)
+    corpus = masked_prompts(backbone, captions, nlp, None, progress=False)
+    return corpus.prompts, corpus.input_ids
 
 
 def test_loss_matches_the_definition_and_only_phi_gets_gradients(tiny_backbone, nlp):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zscir.errors import ZscirError
 from zscir.training.concepts import (
     ConceptBank,
     concept_embeddings,
@@ -55,6 +56,35 @@ def test_mask_concept_whole_words_only():
     assert mask_concept("a category of things", "cat") is None  # no substring hits (LinCIR's str.replace bug)
     assert mask_concept("a ball with all colours", "all") == "a ball with $ colours"
     assert mask_concept("a $ and a cat", "cat") is None  # already holds the pseudo word
+    assert mask_concept("a cat for $5", "cat") is None  # any `$` could become a pseudo token
+    assert mask_concept("on the dog.", "dog") == "on the $ ."  # "$." would be one non-pseudo token
+    assert mask_concept("the dog's bone, (dog)", "dog") == "the $ 's bone, ( $ )"
+
+
+PUNCTUATED_PHRASES = {
+    "dog": ["on the dog.", "the dog's bone", "(dog) running", "a dog, running; fast", "a DOG!"],
+    "red car": ["a red car.", "two red cars; one red car"],
+}
+
+
+def test_every_punctuated_phrase_keeps_its_pseudo_token(any_backbone):
+    bank = ConceptBank.build(any_backbone, list(PUNCTUATED_PHRASES), PUNCTUATED_PHRASES)
+    assert bank.dropped == 0 and [len(m) for m in bank.masked] == [5, 2]
+    ids = any_backbone.tokenize([m for group in bank.masked for m in group])
+    assert bool((ids == any_backbone.pseudo_token_id).any(dim=1).all())
+    assert "0 phrases dropped" in bank.summary()
+
+
+def test_a_phrase_whose_pseudo_word_is_lost_is_never_used(any_backbone, monkeypatch):
+    """Past the context length, or merged by the tokenizer: left out of every phrase loss, and counted."""
+    from zscir.training import keywords
+
+    long = "and " * 40 + "the dog"
+    bank = ConceptBank.build(any_backbone, ["dog"], {"dog": ["a dog running", long]})
+    assert bank.masked == [["a $ running"]] and bank.dropped == 1
+    monkeypatch.setattr(keywords, "mask_spans", lambda text, spans, pseudo_word="$": text.replace("dog", "$."))
+    with pytest.raises(ZscirError, match="lost their pseudo word"):
+        ConceptBank.build(any_backbone, ["dog"], {"dog": ["a dog running", "on the dog"]})
 
 
 def test_concept_association_matches_brute_force(tiny_backbone, bank):

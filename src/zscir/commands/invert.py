@@ -74,7 +74,9 @@ def concept_bank_from_args(backbone, args: argparse.Namespace, save_to=None):
         phrases = load_phrases(args.phrases)
     if save_to is not None and not Path(save_to).is_file():
         write_json_atomic(save_to, phrases)
-    return ConceptBank.build(backbone, concepts, phrases, WORLD_TEMPLATES if world else DEFAULT_TEMPLATES)
+    bank = ConceptBank.build(backbone, concepts, phrases, WORLD_TEMPLATES if world else DEFAULT_TEMPLATES)
+    print(bank.summary())
+    return bank
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -157,3 +157,15 @@ def pseudo_token_id(tokenizer, word: str = PSEUDO_WORD) -> int:
     if len(ids) != 1:
         raise ModelLoadError(f"the pseudo word {word!r} is {len(ids)} tokens for this tokenizer, expected exactly 1")
     return int(ids[0])
+
+
+def pseudo_word_counts(tokenizer, texts, word: str = PSEUDO_WORD) -> list[int]:
+    """How many times the pseudo-word id occurs in each text's full tokenization (no truncation).
+
+    The real CLIP BPE merges `$` with punctuation written against it ("$." and "$," are single tokens
+    that are not the pseudo token), so a text's count can be lower than the number of `$` written into
+    it; a `$` in the original text ("$5") can make it higher. Callers compare with what they inserted.
+    """
+    pid = pseudo_token_id(tokenizer, word)
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [row.count(pid) for row in ids]

