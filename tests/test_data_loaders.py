@@ -11,7 +11,7 @@ from PIL import Image
 
 from zscir.cli import main as cli_main
 from zscir.data.images import check_images, load_image
-from zscir.data.records import clean_caption, load_benchmark
+from zscir.data.records import load_benchmark, prepare_caption
 from zscir.errors import DataError, ZscirError
 
 FORMATS = Path(__file__).parent / "data" / "formats"
@@ -104,10 +104,70 @@ def test_circo_samples(tmp_path):
     assert [q.query_id for q in test.queries] == ["0", "1", "2"] and not test.has_targets
 
 
-def test_clean_caption():
-    assert clean_caption("  is black with no sleeves. ") == "is black with no sleeves"
-    assert clean_caption("Is it red?,. ") == "Is it red"
-    assert clean_caption("keeps a.b inside") == "keeps a.b inside"
+def test_captions_are_prepared_as_the_official_protocols_do():
+    # FashionIQ: strip('.?, ') at both ends; CIRR and CIRCO: as written (METHODS §1)
+    assert prepare_caption("fashioniq", " is black with no sleeves. ") == "is black with no sleeves"
+    assert prepare_caption("fashioniq", "Is it red?,. ") == "Is it red"
+    assert prepare_caption("fashioniq", "keeps a.b inside") == "keeps a.b inside"
+    for dataset in ("cirr", "circo"):
+        assert prepare_caption(dataset, "  Has two dogs. ") == "  Has two dogs. "
+        assert prepare_caption(dataset, " ") == " "
+    # the option that keeps zscir 0.1's cleaning, for every dataset
+    assert prepare_caption("cirr", "  Has two dogs. ", "strip") == "Has two dogs"
+    with pytest.raises(ZscirError, match="official, strip"):
+        prepare_caption("cirr", "x", "lower")
+
+
+def _with_empty_caption(tmp_path, dataset):
+    """The sample files plus one record with an empty caption, as the real files hold them."""
+    root = tmp_path / dataset
+    shutil.copytree(FORMATS / dataset, root)
+    if dataset == "cirr":  # real CIRR test1: pairid 27098's caption is a single space
+        path = root / "captions" / "cap.rc2.test1.json"
+        records = json.loads(path.read_text())
+        records.append(dict(records[0], pairid=27098, caption=" "))
+        write_json(path, records)
+        return root, "test1", path, len(records) - 1, "27098"
+    if dataset == "fashioniq":  # real FashionIQ val: 1 shirt and 2 toptee pairs whose first caption is empty
+        path = root / "captions" / "cap.shirt.val.json"
+        records = json.loads(path.read_text())
+        records.insert(1, dict(records[0], captions=["", "is darker. "]))
+        write_json(path, records)
+        return root, "val", path, 1, "shirt/1"
+    write_json(root / "COCO2017_unlabeled/annotations/image_info_unlabeled2017.json",
+               {"images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in (281438, 251485, 232621)]})
+    path = root / "annotations" / "test.json"
+    records = json.loads(path.read_text())
+    records.append(dict(records[0], id=3, relative_caption=""))
+    write_json(path, records)
+    return root, "test", path, 3, "3"
+
+
+@pytest.mark.parametrize("dataset", ["cirr", "fashioniq", "circo"])
+def test_empty_captions_are_kept_counted_and_located(tmp_path, dataset):
+    root, split, path, index, query_id = _with_empty_caption(tmp_path, dataset)
+    units = load_benchmark(dataset, root, split, strict=False)
+    unit = next(u for u in units if any(q.query_id == query_id for q in u.queries))
+    query = next(q for q in unit.queries if q.query_id == query_id)
+    assert query.has_empty_caption and query.source == f"{path}: record {index}"
+    expected = {"cirr": (" ",), "fashioniq": ("", "is darker"), "circo": ("",)}[dataset]
+    assert query.captions == expected
+    note = unit.empty_caption_note()
+    assert note.startswith(f"{unit.name}: 1 query with an empty caption, composed as written: ")
+    assert str(path) in note and f"record {index}" in note and f"query {query_id}" in note
+    assert sum(u.empty_caption_note() is not None for u in units) == 1
+
+
+def test_check_data_reports_empty_captions(tmp_path, capsys):
+    root = make_cirr(tmp_path / "cirr")
+    path = root / "captions" / "cap.rc2.val.json"
+    records = json.loads(path.read_text())
+    records[1]["caption"] = " "
+    write_json(path, records)
+    assert cli_main(["check-data", "--dataset", "cirr", "--root", str(root), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: cirr/val: 1 query with an empty caption, composed as written: {path}: record 1 (query 8)" in out
+    assert out.strip().splitlines()[-1].startswith("complete, except that 1 query has an empty caption")
 
 
 # ---- generated layouts with real images ---------------------------------------------------------
@@ -117,7 +177,9 @@ def test_clean_caption():
 def test_cirr_generated_layout(tmp_path, nested):
     root = make_cirr(tmp_path, nested=nested)
     (val,) = load_benchmark("cirr", root, "val")
-    assert [q.captions for q in val.queries] == [("Has two dogs",), ("is red",)]
+    assert [q.captions for q in val.queries] == [("Has two dogs. ",), ("is red?",)]  # CIRR: as written
+    (stripped,) = load_benchmark("cirr", root, "val", caption_cleaning="strip")
+    assert [q.captions for q in stripped.queries] == [("Has two dogs",), ("is red",)]
     assert all(p.is_file() for p in val.images.values())
     image = load_image(val.images[val.queries[0].reference])
     assert image.mode == "RGB" and image.size == (5, 4)

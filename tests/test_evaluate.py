@@ -284,3 +284,33 @@ def test_bad_arguments(benchmarks, tiny_clip_dir, tmp_path, capsys):
     assert _cli(["--dataset", "cirr", "--root", root, "--method", "phi", "--phi", str(wrong)],
                 tmp_path, tiny_clip_dir) == 2
     assert "7 → 9" in capsys.readouterr().err
+
+
+def test_empty_captions_are_composed_and_counted_in_submit_and_evaluate(phi_file, tiny_clip_dir, tmp_path, capsys):
+    """Real files hold empty captions (CIRR test1 pairid 27098 is " "; FashionIQ val has empty first halves)."""
+    cirr = make_cirr(tmp_path / "cirr")
+    path = cirr / "captions" / "cap.rc2.test1.json"
+    records = json.loads(path.read_text())
+    records.append(dict(records[0], pairid=27098, caption=" "))
+    _dump(path, records)
+    out = tmp_path / "submit"
+    assert main(["submit", "--dataset", "cirr", "--split", "test", "--root", str(cirr), "--backbone",
+                 str(tiny_clip_dir), "--method", "phi", "--phi", str(phi_file), "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: cirr/test1: 1 query with an empty caption, composed as written: {path}: record 6" in printed
+    submission = json.loads((out / "cirr_test1_recall.json").read_text())
+    assert "27098" in submission and len(submission["27098"]) == 50
+
+    fiq = make_fashioniq(tmp_path / "fiq")
+    path = fiq / "captions" / "cap.toptee.val.json"
+    records = json.loads(path.read_text())
+    records[2]["captions"][0] = ""
+    _dump(path, records)
+    assert _cli(["--dataset", "fashioniq", "--root", str(fiq), "--method", "phi", "--phi", str(phi_file)],
+                tmp_path, tiny_clip_dir) == 0
+    assert "fashioniq/toptee/val: 1 query with an empty caption, composed as written" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["queries"]["fashioniq/toptee/val"] == 4
+    assert saved["empty_caption_queries"] == {"fashioniq/dress/val": 0, "fashioniq/shirt/val": 0,
+                                              "fashioniq/toptee/val": 1}

@@ -167,9 +167,12 @@ def test_train_rtd_validates_on_cached_images_and_saves_both_formats(tiny_backbo
 def test_read_triplets_skips_bad_records(tmp_path):
     good = {"reference_caption": "a red circle", "conditioning_caption": "is blue.", "target_caption": "a blue one"}
     path = tmp_path / "t.jsonl"
-    path.write_text("\n".join([json.dumps(good)] * 29 + ["", "{broken", json.dumps({**good, "target_caption": ""})]))
+    empty_tc = json.dumps({**good, "conditioning_caption": " . "})  # empty once stripped: skipped, located
+    path.write_text("\n".join([empty_tc] + [json.dumps(good)] * 40
+                              + ["", "{broken", json.dumps({**good, "target_caption": ""})]))
     triplets, summary = read_triplets(path)
-    assert len(triplets) == 29 and "3 skipped" in summary
+    assert len(triplets) == 40 and "4 skipped" in summary
+    assert str(path) in summary and "line 1: missing or empty 'conditioning_caption'" in summary
     assert triplets[0] == Triplet("a red circle", "is blue", "a blue one")  # T_c cleaned like a query caption
     as_list = tmp_path / "t.json"
     as_list.write_text(json.dumps([good, good]))

@@ -40,33 +40,44 @@ class PromptTemplate:
         return cls(TEMPLATES.get(name_or_text, name_or_text))
 
     def format(self, caption: str = "") -> str:
-        """The prompt for one (already cleaned) caption."""
+        """The prompt for one caption (as prepared by its benchmark's protocol; may be empty)."""
         return self.text.replace("{caption}", caption)
 
 
 def clean_caption(caption: str, where: str = "caption") -> str:
-    """Strip whitespace and trailing ".?, " characters; an empty result is an error naming `where`."""
-    from zscir.data.records import clean_caption as strip_caption
+    """A caption a user typed (search box, RTD triplets): stripped of whitespace and trailing ".?, ".
+
+    Benchmark captions do not come here: they are prepared as their official protocol does by
+    `zscir.data.records.prepare_caption` and composed as written, even when empty.
+
+    Raises:
+        DataError: not a string, or empty after stripping (the message starts with `where`).
+    """
+    from zscir.data.records import strip_caption
 
     if not isinstance(caption, str):
         raise DataError(f"{where}: expected a string, got {type(caption).__name__}")
-    cleaned = strip_caption(caption).strip()
+    cleaned = strip_caption(caption)
     if not cleaned:
         raise DataError(f"{where}: empty caption")
     return cleaned
 
 
 def caption_variants(captions: Sequence[str]) -> list[str]:
-    """The caption texts a query is encoded with.
+    """The caption texts a query is encoded with, from its captions as written (already prepared).
 
-    One caption → itself. Two (FashionIQ) → "c1 and c2" and "c2 and c1" (averaged later).
+    One caption → itself. Two (FashionIQ) → "c1 and c2" and "c2 and c1" (averaged later). An empty
+    caption is composed as written, as the official evaluation code does (the test servers need
+    every query): "" and "is red" give " and is red" and "is red and ".
     """
-    cleaned = [clean_caption(c) for c in captions]
-    if len(cleaned) == 1:
-        return cleaned
-    if len(cleaned) == 2:
-        return [f"{cleaned[0]} and {cleaned[1]}", f"{cleaned[1]} and {cleaned[0]}"]
-    raise DataError(f"a query has 1 or 2 captions, got {len(cleaned)}")
+    for c in captions:
+        if not isinstance(c, str):
+            raise DataError(f"a caption must be a string, got {type(c).__name__}")
+    if len(captions) == 1:
+        return [captions[0]]
+    if len(captions) == 2:
+        return [f"{captions[0]} and {captions[1]}", f"{captions[1]} and {captions[0]}"]
+    raise DataError(f"a query has 1 or 2 captions, got {len(captions)}")
 
 
 def compose_queries(

@@ -21,6 +21,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-pad", action="store_true", help="SEARLE's target-pad preprocessing (ratio 1.25)")
     parser.add_argument("--circo-text", choices=("caption", "concept"), default="caption",
                         help="CIRCO query text: the caption, or 'find {shared_concept} but {caption}'")
+    parser.add_argument("--caption-cleaning", choices=("official", "strip"), default="official",
+                        help="official (default): FashionIQ captions stripped of '.?, ' at both ends, CIRR and "
+                        "CIRCO captions as written; strip: every caption loses surrounding spaces and trailing "
+                        "'.?, ' (zscir 0.1)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="evaluate without missing/undecodable images (reports how many queries were dropped)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (text: 4x)")
@@ -78,7 +82,8 @@ def evaluate_from_args(args: argparse.Namespace):
     from zscir.evaluation.runner import evaluate_splits
     from zscir.retrieval.features import FeatureCache
 
-    splits = load_benchmark(args.dataset, args.root, args.split, categories=getattr(args, "categories", None))
+    splits = load_benchmark(args.dataset, args.root, args.split, categories=getattr(args, "categories", None),
+                            caption_cleaning=getattr(args, "caption_cleaning", "official"))
     backbone, phi = load_models(args)
     cache = FeatureCache(args.cache_dir, enabled=not args.no_cache)
     options = dict(pad_to_ratio=1.25 if args.target_pad else None, circo_text=args.circo_text,
@@ -111,6 +116,11 @@ def dropped_note(results) -> list[str]:
             for name, r in results.items() if r.dropped_queries or r.dropped_images]
 
 
+def empty_caption_notes(results) -> list[str]:
+    """Lines counting the queries with an empty caption (composed as written, never dropped)."""
+    return [note for r in results.values() if (note := r.split.empty_caption_note())]
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write `config.json` and `metrics.json` into the output folder."""
     from pathlib import Path
@@ -126,12 +136,14 @@ def run(args: argparse.Namespace) -> int:
     table = summary_metrics(results)
     if not table:
         raise ZscirError(f"{args.dataset}/{args.split} has no targets; use `zscir submit` for test splits")
-    notes = dropped_note(results)
+    notes = dropped_note(results) + empty_caption_notes(results)
     write_json_atomic(out / "metrics.json", {
         "metrics": table,
         "queries": {name: len(r.split.queries) for name, r in results.items()},
         "dropped_queries": {name: r.dropped_queries for name, r in results.items()},
         "dropped_images": {name: r.dropped_images for name, r in results.items()},
+        "empty_caption_queries": {name: sum(q.has_empty_caption for q in r.split.queries)
+                                  for name, r in results.items()},
     })
     print(format_table(table))
     for line in notes:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     """Rank the split's gallery for every query and write the validated submission file(s)."""
     from pathlib import Path
 
-    from zscir.commands.evaluate import evaluate_from_args, resolved_config
+    from zscir.commands.evaluate import empty_caption_notes, evaluate_from_args, resolved_config
     from zscir.errors import DataError
     from zscir.evaluation.submission import write_submission
     from zscir.utils.io import write_json_atomic
@@ -39,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {name}: ranked without {result.dropped_images} missing or undecodable gallery images")
         for path in write_submission(result.split, result.scores, out):
             print(f"wrote {path}")
+    for line in empty_caption_notes(results):
+        print(f"note: {line}")
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from zscir.data.records import CIRSplit, Query, clean_caption, get_field, read_json_as, require_file
+from zscir.data.records import CIRSplit, Query, get_field, read_json_as, require_file
 
 NAME = "circo"
 SPLITS = ("val", "test")
@@ -56,8 +56,9 @@ def load(root: Path, split: str) -> list[CIRSplit]:
         queries.append(Query(
             query_id=query_id,
             reference=str(field("reference_img_id", int)),
-            captions=(clean_caption(field("relative_caption", str)),),
+            captions=(field("relative_caption", str),),
             targets=targets,
             shared_concept=concept,
+            source=f"{annotations_path}: record {i}",
         ))
     return [CIRSplit(dataset=NAME, name=f"{NAME}/{split}", images=images, gallery=list(images), queries=queries)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from zscir.data.records import CIRSplit, Query, clean_caption, get_field, read_json_as, require_file
+from zscir.data.records import CIRSplit, Query, get_field, read_json_as, require_file
 from zscir.errors import DataError
 
 NAME = "cirr"
@@ -56,8 +56,9 @@ def load(root: Path, split: str) -> list[CIRSplit]:
         queries.append(Query(
             query_id=str(field("pairid", int)),
             reference=field("reference", str),
-            captions=(clean_caption(field("caption", str)),),
+            captions=(field("caption", str),),
             targets=(field("target_hard", str),) if has_targets else (),
             group=tuple(field("img_set.members", list, item=str)),
+            source=f"{captions_path}: record {i}",
         ))
     return [CIRSplit(dataset=NAME, name=f"{NAME}/{split}", images=images, gallery=list(images), queries=queries)]

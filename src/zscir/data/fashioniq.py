@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zscir.data.images import list_files
-from zscir.data.records import CIRSplit, Query, clean_caption, get_field, read_json_as, require_file
+from zscir.data.records import CIRSplit, Query, get_field, read_json_as, require_file
 from zscir.errors import DataError, ZscirError
 
 NAME = "fashioniq"
@@ -61,8 +61,9 @@ def load(root: Path, split: str, categories: tuple[str, ...] = CATEGORIES) -> li
             queries.append(Query(
                 query_id=f"{category}/{i}",
                 reference=get_field(record, "candidate", str, captions_path, i),
-                captions=tuple(clean_caption(c) for c in captions),
+                captions=tuple(captions),
                 targets=(get_field(record, "target", str, captions_path, i),) if has_targets else (),
+                source=f"{captions_path}: record {i}",
             ))
         names = dict.fromkeys(gallery)
         for q in queries:

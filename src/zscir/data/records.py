@@ -6,14 +6,16 @@ Each benchmark module (`zscir.data.cirr`, `.fashioniq`, `.circo`) only parses it
 Conventions shared by all three:
 - image names are strings (CIRCO's integer COCO ids are stored as `str(id)`; `int(name)` gives them back);
 - `Query.targets[0]` is the primary (annotated) target; CIRCO lists its other ground truths after it;
-- captions are stripped of surrounding whitespace and trailing ".?, " (METHODS §1) by `clean_caption`.
+- captions reach the text tower as the official protocol writes them (METHODS §1, `prepare_caption`):
+  FashionIQ's are stripped of ".?, " at both ends, CIRR's and CIRCO's go in as written; an empty
+  caption (real files hold a few) is kept and composed as written, never refused.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,18 +29,34 @@ DATASETS: dict[str, str] = {
     "circo": "zscir.data.circo",
 }
 
-_TRAILING = ".?, "
+_PUNCTUATION = ".?, "
+# How captions are prepared for the text tower: "official" = as each benchmark's official code does;
+# "strip" = every caption stripped of surrounding whitespace and trailing ".?, " (zscir before 0.2).
+CAPTION_CLEANING = ("official", "strip")
 
 
-def clean_caption(text: str) -> str:
-    """Strip surrounding whitespace and trailing ".", "?", "," and spaces from a caption (METHODS §1).
+def strip_caption(text: str) -> str:
+    """`text` without surrounding whitespace and trailing ".", "?", "," and spaces (may become empty)."""
+    return text.strip().rstrip(_PUNCTUATION)
+
+
+def prepare_caption(dataset: str, text: str, cleaning: str = "official") -> str:
+    """A caption as it goes into the prompt template (METHODS §1).
 
     Args:
-        text: a raw caption from an annotation file.
+        dataset: "cirr", "fashioniq" or "circo".
+        text: the caption as written in the annotation file.
+        cleaning: "official": FashionIQ strips ".", "?", "," and spaces at both ends (the official
+            code's `strip('.?, ')`), CIRR and CIRCO are left as written; "strip": any dataset's caption
+            loses surrounding whitespace and trailing ".?, ".
     Returns:
-        The cleaned caption (may be empty if the caption was only punctuation).
+        The prepared caption (may be empty: real files hold empty captions).
     """
-    return text.strip().rstrip(_TRAILING)
+    if cleaning == "official":
+        return text.strip(_PUNCTUATION) if dataset == "fashioniq" else text
+    if cleaning == "strip":
+        return strip_caption(text)
+    raise ZscirError(f"unknown caption cleaning {cleaning!r}; expected one of {', '.join(CAPTION_CLEANING)}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class Query:
             (CIRR target_hard, FashionIQ target, CIRCO target_img_id), then CIRCO's other gt_img_ids.
         group: CIRR img_set members (the subset used by Recall_subset), else empty.
         shared_concept: CIRCO's shared concept (a composer may prepend it), else None.
+        source: where the query was read ("{file}: record {index}"), for messages.
     """
 
     query_id: str
@@ -61,6 +80,12 @@ class Query:
     targets: tuple[str, ...] = ()
     group: tuple[str, ...] = ()
     shared_concept: str | None = None
+    source: str = field(default="", compare=False)
+
+    @property
+    def has_empty_caption(self) -> bool:
+        """True when one of the captions is empty or only whitespace (composed as written)."""
+        return any(not c.strip() for c in self.captions)
 
 
 @dataclass
@@ -140,6 +165,16 @@ class CIRSplit:
             f"{len(items)} {kind} (e.g. {', '.join(items[:examples])})" for kind, items in found.items()
         ]
 
+    def empty_caption_note(self, examples: int = 3) -> str | None:
+        """One line counting the queries with an empty caption and where they are, or None if there are none."""
+        empty = [q for q in self.queries if q.has_empty_caption]
+        if not empty:
+            return None
+        where = "; ".join(f"{q.source or 'query'} (query {q.query_id})" for q in empty[:examples])
+        more = f" (+{len(empty) - examples} more)" if len(empty) > examples else ""
+        noun = "query" if len(empty) == 1 else "queries"
+        return f"{self.name}: {len(empty)} {noun} with an empty caption, composed as written: {where}{more}"
+
     def check(self) -> None:
         """Raise DataError with the first consistency problem, if any (see `problems`)."""
         issues = self.problems()
@@ -188,6 +223,7 @@ def load_benchmark(
     *,
     categories: Iterable[str] | None = None,
     strict: bool = True,
+    caption_cleaning: str = "official",
 ) -> list[CIRSplit]:
     """Load one split of a benchmark as evaluation units.
 
@@ -199,6 +235,7 @@ def load_benchmark(
         categories: FashionIQ only: subset of ("dress", "shirt", "toptee"); default all three.
         strict: raise DataError if a query names an image absent from the image table / gallery.
             `check-data` loads with strict=False and reports the problems instead.
+        caption_cleaning: how captions are prepared (`prepare_caption`): "official" (default) or "strip".
     Returns:
         A list of CIRSplit: one for CIRR and CIRCO, one per category for FashionIQ.
     Raises:
@@ -213,7 +250,12 @@ def load_benchmark(
         if dataset != "fashioniq":
             raise ZscirError(f"{dataset}: `categories` only applies to fashioniq")
         options["categories"] = tuple(categories)
+    if caption_cleaning not in CAPTION_CLEANING:
+        prepare_caption(dataset, "", caption_cleaning)  # raises, naming the valid ones
     splits = module.load(root, split, **options)
+    for s in splits:
+        s.queries = [replace(q, captions=tuple(prepare_caption(dataset, c, caption_cleaning) for c in q.captions))
+                     for q in s.queries]
     if strict:
         for s in splits:
             s.check()

@@ -60,7 +60,7 @@ def read_triplets(path: str | Path, max_bad_fraction: float = 0.1) -> tuple[list
     Returns:
         (triplets, one-line summary).
     """
-    from zscir.compose import clean_caption
+    from zscir.data.records import strip_caption
 
     path = Path(path)
     if not path.is_file():
@@ -75,12 +75,13 @@ def read_triplets(path: str | Path, max_bad_fraction: float = 0.1) -> tuple[list
         values = []
         for name in FIELDS:
             value = record.get(name)
-            if not isinstance(value, str) or not value.strip():
+            # T_c goes into the inference template: stripped of trailing ".?, " like a typed caption
+            value = (strip_caption if name == FIELDS[1] else str.strip)(value) if isinstance(value, str) else None
+            if not value:
                 counter.skip(where, f"missing or empty {name!r}")
                 return
             values.append(value)
-        # T_c goes into the inference template, so it is cleaned exactly like a relative caption
-        out.append(Triplet(values[0].strip(), clean_caption(values[1]), values[2].strip()))
+        out.append(Triplet(*values))
         counter.good()
 
     text = path.read_text(encoding="utf-8", errors="replace")
