@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from zscir.commands.options import HelpFormatter
 from zscir.errors import ZscirError
 
 # command name -> module path; the order is the order shown by --help.
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zscir {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, module in _available_commands().items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except ZscirError as exc:
-        print(f"zscir {args.command}: error: {exc}", file=sys.stderr)
+        flag = f" (--{exc.setting.replace('_', '-')})" if getattr(exc, "setting", None) else ""
+        print(f"zscir {args.command}: error: {exc}{flag}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zscir {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)

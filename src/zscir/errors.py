@@ -2,7 +2,17 @@
 
 
 class ZscirError(Exception):
-    """A user-facing error: bad input, a missing file, an unreachable model. The message says what to do."""
+    """A user-facing error: bad input, a missing file, an unreachable model. The message says what to do.
+
+    Args:
+        message: one line in the library's own words (no command-line flags).
+        setting: the keyword / config field the message is about (e.g. "skip_missing"); the CLI shows
+            the flag that sets it (`--skip-missing`) after the message.
+    """
+
+    def __init__(self, message: str = "", *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 class DataError(ZscirError):

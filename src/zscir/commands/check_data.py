@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from zscir.commands.options import add
+
 HELP = "Check a benchmark folder (CIRR, FashionIQ, CIRCO): annotation files, missing and undecodable images."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("--dataset", required=True, choices=("cirr", "fashioniq", "circo"))
-    parser.add_argument("--root", required=True, help="the dataset folder")
-    parser.add_argument("--split", default=None,
-                        help="one split (default: CIRR val+test1, FashionIQ val, CIRCO val+test)")
-    parser.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all)")
+    add(parser, "dataset", required=True)
+    add(parser, "root", required=True)
+    add(parser, "split", help="one split (default: CIRR val+test1, FashionIQ val, CIRCO val+test)")
+    add(parser, "categories")
     parser.add_argument("--decode", choices=("none", "verify", "full"), default="verify",
                         help="image check: existence only, PIL verify (fast, default) or a full decode (slow)")
-    parser.add_argument("--workers", type=int, default=8, help="threads for the decode check")
-    parser.add_argument("--examples", type=int, default=3, help="example paths shown per problem")
+    add(parser, "workers", default=8, help="threads for the decode check")
+    add(parser, "examples", default=3, help="example paths shown per problem")
 
 
 def run(args: argparse.Namespace) -> int:

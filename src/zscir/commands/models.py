@@ -1,6 +1,6 @@
 """`zscir models`: list registered backbones and the checkpoint formats zscir reads."""
 
-HELP = "list registered backbones (name → hub id / folder, dims) and supported checkpoint formats"
+HELP = "list registered backbones (name → hub id / folder, dims), prompt templates and checkpoint formats"
 
 
 def add_arguments(parser) -> None:
@@ -8,9 +8,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """Print the registry as two tables."""
+    """Print the registry as three tables."""
     from pathlib import Path
 
+    from zscir.compose import TEMPLATES
     from zscir.registry import ALIASES, BACKBONES, CHECKPOINT_FORMATS, resolve_backbone
 
     print("Backbones (any other hub id or local CLIP folder works too):")
@@ -22,6 +23,9 @@ def run(args) -> int:
         dims = (str(spec.projection_dim or "-"), str(spec.hidden_size or "-"))
         print(f"  {name:<16} {dims[0]:>5} {dims[1]:>5}  {source}{state}  — {spec.description}")
     print("  aliases: " + ", ".join(f"{a}={t}" for a, t in sorted(ALIASES.items())))
+    print("\nPrompt templates (--template NAME, or any text with $ and {caption}):")
+    for name, text in TEMPLATES.items():
+        print(f"  {name:<18} {text}")
     print("\nCheckpoint formats (Phi / Pic2Word / RTD text encoder):")
     for name, text in CHECKPOINT_FORMATS.items():
         print(f"  {name:<18} {text}")

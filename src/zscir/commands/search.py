@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from zscir.commands.options import OPTIONS, add
+
 HELP = "Search an index built by `zscir index` with a reference image and a modifying text."
-METHOD_NAMES = ("phi", "image", "text", "sum")  # = zscir.evaluation.runner.METHODS (kept light for --help)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("--index", required=True, help="index folder written by `zscir index`")
-    parser.add_argument("--image", default=None, help="reference image file (not needed by --method text)")
-    parser.add_argument("--text", default=None, help="modifying text, e.g. 'is red and has two dogs'")
-    parser.add_argument("--method", choices=METHOD_NAMES, default="phi", help="how the query is built (default phi)")
-    parser.add_argument("--phi", default=None, help="inversion network (SEARLE/LinCIR/Pic2Word file or zscir folder)")
-    parser.add_argument("--text-encoder", default=None, help="fine-tuned text tower (RTD .pt or HF folder)")
-    parser.add_argument("--template", default=None, help="prompt template of --method phi (name or text with $)")
-    parser.add_argument("-k", type=int, default=10, help="number of results")
+    parser.add_argument("--index", required=True, metavar="DIR", help="index folder written by `zscir index`")
+    parser.add_argument("--image", default=None, metavar="FILE", help="reference image file (not needed by --method "
+                        "text)")
+    parser.add_argument("--text", default=None, metavar="TEXT", help="modifying text, e.g. 'is red and has two dogs'")
+    add(parser, "method", default="phi")
+    add(parser, "phi")
+    add(parser, "text-encoder")
+    add(parser, "template", help=OPTIONS["template"].kwargs["help"] + " (default default)")
+    parser.add_argument("-k", type=int, default=10, metavar="N", help="number of results (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--device", default="cpu")
+    add(parser, "device", default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method != "text" and not args.image:
         raise ZscirError(f"--method {args.method} needs --image REF")
     # bad input fails here, before any model is loaded
+    from zscir.commands.common import check_model_source, existing_folder
+
+    existing_folder(args.index, "--index")
+    check_model_source(args.phi, "--phi")
+    check_model_source(args.text_encoder, "--text-encoder")
     reference = open_reference(args.image) if args.method != "text" else None
     if args.method != "image":
         check_caption(args.text)

@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import argparse
 
+from zscir.commands.options import OPTIONS, add, add_hidden_alias
+
 HELP = "Serve a search page + JSON API on an index (no arguments: the synthetic world, after `zscir demo`)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("--index", default=None,
+    parser.add_argument("--index", default=None, metavar="DIR",
                         help="index folder from `zscir index` (default: the synthetic world's gallery, indexed on "
                              "first use)")
-    parser.add_argument("--phi", default=None,
-                        help="inversion network enabling the Phi method (default with no --index: the world's Phi)")
-    parser.add_argument("--text-encoder", default=None, help="fine-tuned text tower (RTD .pt or HF folder)")
-    parser.add_argument("--template", default=None, help="prompt template of the Phi method")
-    parser.add_argument("--generator", default=None,
-                        help="CIG: SDXL pipeline folder or hub id; the Phi method then also uses a pseudo target")
-    parser.add_argument("--generator-unet", default=None, help="CIG: fine-tuned UNet folder replacing the pipeline's")
-    parser.add_argument("--generator-backbone-2", default=None,
-                        help="CIG: second text tower (bigG/14 for real SDXL; default: the index's backbone again)")
-    parser.add_argument("--generator-phi-2", default=None, help="CIG: Phi of the second tower (default: --phi)")
-    parser.add_argument("--generator-steps", type=int, default=50, help="CIG denoising steps (paper: 50)")
-    parser.add_argument("--generator-size", type=int, default=512, help="CIG image size (paper: 512)")
-    parser.add_argument("--alpha", type=float, default=0.85, help="CIG fusion weight of the reference query")
+    add(parser, "phi", help="inversion network enabling the Phi method (default with no --index: the world's Phi)")
+    add(parser, "text-encoder")
+    add(parser, "template", help=OPTIONS["template"].kwargs["help"] + " (default default)")
+    cig = parser.add_argument_group("CIG pseudo targets (the Phi method then also uses a generated image)")
+    add(cig, "generator")
+    add(cig, "unet")
+    add(cig, "backbone-2", help="second text tower (bigG/14 for real SDXL; default: the index's backbone again)")
+    add(cig, "phi-2", help="inversion network of the second tower (needed with --backbone-2)")
+    cig.add_argument("--steps", "--generator-steps", type=int, default=50, metavar="N",
+                     help="denoising steps (default 50, the paper's)")
+    cig.add_argument("--size", "--generator-size", type=int, default=512, metavar="N",
+                     help="image side in pixels (default 512, the paper's)")
+    add_hidden_alias(cig._group_actions[-2], "--generator-steps")
+    add_hidden_alias(cig._group_actions[-1], "--generator-size")
+    cig.add_argument("--alpha", type=float, default=0.85, metavar="X",
+                     help="fusion weight of the reference query (default 0.85)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--examples", type=int, default=8, help="gallery images offered as examples")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--port", type=int, default=7860, metavar="N", help="(default 7860)")
+    add(parser, "examples", default=8, help="gallery images offered as examples")
+    add(parser, "device", default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,23 +62,16 @@ def _generator(args: argparse.Namespace, service):
     """The CIG pseudo-target generator for the service's backbone + Phi (and an optional second tower)."""
     from zscir.errors import ZscirError
     from zscir.generation.cig import load_generator
-    from zscir.generation.conditioning import ComposedConditioner
+    from zscir.generation.conditioning import build_composed_conditioner
     from zscir.generation.options import GenerationConfig
     from zscir.search.service import cig_generator
 
     if service.phi is None:
         raise ZscirError("--generator needs --phi (pseudo targets are generated from Phi's pseudo token)")
-    backbone_2, phi_2 = service.backbone, service.phi
-    if args.generator_backbone_2:
-        from zscir.models.backbone import Backbone
-        from zscir.models.phi import check_fits, load_inversion_network
-
-        backbone_2 = Backbone.load(args.generator_backbone_2, device=args.device)
-        if not args.generator_phi_2:
-            raise ZscirError("--generator-backbone-2 needs --generator-phi-2 (its inversion network)")
-        phi_2 = load_inversion_network(args.generator_phi_2, args.device)
-        check_fits(phi_2, backbone_2)
-    conditioner = ComposedConditioner(service.backbone, service.phi, backbone_2, phi_2, service.template)
-    pipe = load_generator(args.generator, unet=args.generator_unet, device=args.device)
-    config = GenerationConfig(steps=args.generator_steps, height=args.generator_size, width=args.generator_size)
+    if args.backbone_2 and not args.phi_2:
+        raise ZscirError("--backbone-2 needs --phi-2 (its inversion network)")
+    conditioner = build_composed_conditioner(service.backbone, service.phi, args.backbone_2, args.phi_2,
+                                             service.template.text, device=args.device)
+    pipe = load_generator(args.generator, unet=args.unet, device=args.device)
+    config = GenerationConfig(steps=args.steps, height=args.size, width=args.size)
     return cig_generator(pipe, conditioner, config)

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import argparse
 
-from zscir.commands.evaluate import add_model_arguments
+from zscir.commands.common import check_evaluation, empty_caption_notes, evaluate_from_args, resolved_config
+from zscir.commands.options import OPTIONS, add, add_evaluation_arguments
 
 HELP = "Write CIRR / CIRCO test-server submission files for a method (image, text, sum, phi)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options (the same model options as `evaluate`)."""
-    parser.add_argument("--dataset", required=True, choices=("cirr", "circo"))
-    parser.add_argument("--split", default="test", help="split to rank (default: test)")
-    add_model_arguments(parser)
-    parser.add_argument("--out", default=None,
-                        help="folder for the submission files "
-                        "(default: runs/submit/<dataset>-<split>-<method>)")
+    add(parser, "dataset", required=True, choices=("cirr", "circo"), help=OPTIONS["dataset"].kwargs["help"]
+        + " (CIRR and CIRCO have test servers)")
+    add(parser, "split", default="test")
+    add_evaluation_arguments(parser)
+    add(parser, "output-dir", help="folder for the submission files (default: runs/submit/<dataset>-<split>-<method>)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Rank the split's gallery for every query and write the validated submission file(s)."""
     from pathlib import Path
 
-    from zscir.commands.evaluate import empty_caption_notes, evaluate_from_args, resolved_config
     from zscir.errors import DataError
     from zscir.evaluation.submission import write_submission
     from zscir.utils.io import write_json_atomic
 
-    out = Path(args.out or f"runs/submit/{args.dataset}-{args.split}-{args.method}")
+    splits = check_evaluation(args)  # every flag and path, before any model is loaded
+    out = Path(args.output_dir or f"runs/submit/{args.dataset}-{args.split}-{args.method}")
     write_json_atomic(out / "config.json", resolved_config(args))
-    results = evaluate_from_args(args)
+    results = evaluate_from_args(args, splits)
     for name, result in results.items():
         if result.dropped_queries:
             raise DataError(f"{name}: {result.dropped_queries} queries have a missing or undecodable reference; "

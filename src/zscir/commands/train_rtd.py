@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+from zscir.commands.common import (
+    build_validator,
+    check_backbone,
+    check_model_source,
+    check_runtime,
+    check_validation,
+    config_from_args,
+    existing_path,
+)
+from zscir.commands.options import add, add_config_arguments, add_validation_arguments
+from zscir.training.config import RTDConfig
+
 HELP = "Fine-tune the text encoder with RTD on text triplets for a frozen Phi; resumable, multi-GPU."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    from zscir.commands.train_phi import add_validation_arguments
-    from zscir.training.config import RTDConfig, add_config_arguments
-
-    parser.add_argument("--triplets", required=True, help="JSONL (or JSON list) of {reference_caption, "
-                        "conditioning_caption, target_caption}")
-    parser.add_argument("--backbone", required=True, help="registered name, hub id or local CLIP folder")
-    parser.add_argument("--phi", required=True, help="the frozen Phi: {'Phi'} file or zscir folder (LinCIR/SEARLE)")
+    parser.add_argument("--triplets", required=True, metavar="PATH", help="JSONL (or JSON list) of "
+                        "{reference_caption, conditioning_caption, target_caption}")
+    add(parser, "backbone", required=True)
+    add(parser, "phi", required=True, help="the frozen Phi: {'Phi'} file or zscir folder (LinCIR/SEARLE)")
     add_validation_arguments(parser)
     add_config_arguments(parser, RTDConfig)
 
@@ -28,19 +37,23 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from zscir.commands.train_phi import build_validator
     from zscir.models.backbone import Backbone
     from zscir.models.phi import check_fits, load_inversion_network
-    from zscir.training.config import config_from_args
-    from zscir.training.rtd import RTD_FILE, RTDConfig, read_triplets, rtd_validator, train_rtd
+    from zscir.training.rtd import RTD_FILE, read_triplets, rtd_validator, train_rtd
 
     config = config_from_args(RTDConfig, args)
+    existing_path(args.triplets, "--triplets")
+    check_backbone(args.backbone)
+    check_model_source(args.phi, "--phi")
+    existing_path(args.phi, "--phi")
+    check_runtime("cpu" if config.cpu else None, mixed_precision=config.mixed_precision)
+    val_splits = check_validation(args)
     triplets, summary = read_triplets(args.triplets, config.max_bad_fraction)
     print(summary)
-    backbone = Backbone.load(args.backbone, load_vision=args.val_dataset is not None)
+    backbone = Backbone.load(args.backbone, load_vision=val_splits is not None)
     phi = load_inversion_network(args.phi)
     check_fits(phi, backbone)
-    validator = build_validator(args, backbone, phi=phi)
+    validator = build_validator(args, backbone, val_splits, phi=phi)
     train_rtd(backbone, phi, triplets, config, validate=rtd_validator(validator) if validator else None)
     best = Path(config.output_dir) / ("best" if validator else "final")
     if os.environ.get("RANK", "0") == "0":  # one line, not one per process

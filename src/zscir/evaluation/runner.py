@@ -106,7 +106,7 @@ def _phi_builder(x: QueryInputs) -> torch.Tensor:
     tokens = x.pseudo_tokens
     if tokens is None:
         if x.phi is None:
-            raise ZscirError("method 'phi' needs an inversion network (--phi PATH) or pseudo tokens")
+            raise ZscirError("method 'phi' needs an inversion network or pseudo tokens", setting="phi")
         tokens = pseudo_tokens_of(x.phi, x.reference_features, x.backbone.device)
     return compose_queries(x.backbone, tokens, x.captions, x.template, x.batch_size)
 
@@ -211,7 +211,7 @@ class Evaluator:
                                                  desc=f"{split.name} images")
             if features.failed and not self.skip_missing:
                 raise DataError(f"{split.name}: {failure_summary(features.failed)}; "
-                                "fix them or pass --skip-missing to evaluate the rest")
+                                "fix them or skip the queries that need them", setting="skip_missing")
             self._features = features
         return self._features
 
@@ -223,7 +223,7 @@ class Evaluator:
         if report.missing:
             failed = {str(p): f"{p}: image file not found" for p in report.missing}
             raise DataError(f"{self.full_split.name}: {failure_summary(failed)}; "
-                            "fix them or pass --skip-missing to evaluate the rest")
+                            "fix them or skip the queries that need them", setting="skip_missing")
 
     @property
     def split(self) -> CIRSplit:
@@ -268,7 +268,7 @@ class Evaluator:
             lacking = [q.query_id for q in self.split.queries if not q.shared_concept]
             if lacking:
                 raise DataError(f"{self.split.name}: query {lacking[0]} has no shared_concept "
-                                "(needed by --circo-text concept)")
+                                "(needed by the 'concept' CIRCO text)", setting="circo_text")
         return [tuple(fmt.format(caption=c, concept=q.shared_concept) for c in q.captions)
                 for q in self.split.queries]
 

@@ -231,3 +231,37 @@ def load_conditioning(folder: str | Path, query_id: str) -> Conditioning:
     if stored_id is not None and stored_id != str(query_id):
         raise DataError(f"{path}: holds the conditioning of query {stored_id!r}, not {query_id!r}")
     return Conditioning(states.unsqueeze(0), pooled.unsqueeze(0))
+
+
+def build_composed_conditioner(backbone_1, phi_1, backbone_2=None, phi_2=None, template: str = "default",
+                               device: str | None = "cpu", dtype: str = "fp32") -> ComposedConditioner:
+    """The one place a `ComposedConditioner` is assembled from names or loaded models (generate, serve).
+
+    Args:
+        backbone_1 / backbone_2: a `Backbone` or a name / hub id / folder (tower 2 defaults to tower 1).
+        phi_1 / phi_2: an inversion network or a path (phi_2 defaults to phi_1 on the same tower).
+        template: prompt template name or text.
+        device / dtype: where names are loaded.
+    Returns:
+        The conditioner; each Phi is checked against its tower's dims first.
+    """
+    from zscir.models.backbone import Backbone
+    from zscir.models.phi import check_fits, load_inversion_network
+
+    def tower(source):
+        return Backbone.load(source, device=device, dtype=dtype) if isinstance(source, str) else source
+
+    def network(source, backbone):
+        net = load_inversion_network(source, device=backbone.device) if not isinstance(source, torch.nn.Module) \
+            else source
+        net = net.to(backbone.dtype)
+        check_fits(net, backbone)
+        return net
+
+    same_tower = backbone_2 is None or backbone_2 is backbone_1 or backbone_2 == backbone_1
+    first = tower(backbone_1)
+    second = first if same_tower else tower(backbone_2)
+    net_1 = network(phi_1, first)
+    net_2 = net_1 if same_tower and phi_2 in (None, phi_1) else network(phi_2 if phi_2 is not None else phi_1,
+                                                                         second)
+    return ComposedConditioner(first, net_1, second, net_2, PromptTemplate.named(template))

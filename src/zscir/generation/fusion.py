@@ -104,7 +104,7 @@ def pseudo_target_queries(evaluator, phi: torch.nn.Module, pseudo_dir: str | Pat
     from zscir.evaluation.runner import pseudo_tokens_of
 
     if phi is None:
-        raise ZscirError("CIG fusion needs the inversion network (--phi) of the backbone")
+        raise ZscirError("CIG fusion needs the inversion network of the backbone", setting="phi")
     reference = evaluator.query_vectors("phi", phi=phi, template=template, text_tower=text_tower)
     feats, mask, missing = pseudo_target_features(evaluator, pseudo_dir)
     v_gen = pseudo_tokens_of(phi, feats, evaluator.backbone.device)

@@ -62,7 +62,7 @@ def ensure_world_index(progress: bool = True) -> Path:
     for needed, what in ((gallery, "synthetic gallery"), (clip, "tiny CLIP")):
         if not needed.exists():
             raise ZscirError(f"the {what} is missing ({needed}): run `zscir demo` first, "
-                             "or pass --index INDEX built with `zscir index`")
+                             "or serve an index built with `zscir index`")
     from zscir.models.backbone import Backbone
 
     print(f"indexing the synthetic gallery {gallery} into {index_dir} (first use)")

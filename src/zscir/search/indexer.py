@@ -108,8 +108,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
     index_dir = Path(index_dir)
     if not (index_dir / MANIFEST_NAME).is_file():
         what = "does not exist" if not index_dir.exists() else f"has no {MANIFEST_NAME}"
-        raise ZscirError(f"index folder {index_dir} {what}; build it with "
-                         f"`zscir index --images DIR --out {index_dir}`")
+        raise ZscirError(f"index folder {index_dir} {what}; build it with `zscir index`")
     manifest = read_json(index_dir / MANIFEST_NAME)
     if manifest.get("version") != INDEX_VERSION:
         raise ZscirError(f"{index_dir / MANIFEST_NAME}: index version {manifest.get('version')} != {INDEX_VERSION}; "

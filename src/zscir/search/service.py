@@ -210,8 +210,8 @@ class SearchService:
             raise ZscirError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         spec = METHODS[method]
         if spec.needs_phi and self.phi is None:
-            raise ZscirError(f"method {method!r} needs an inversion network: start with --phi PATH "
-                             f"(available here: {', '.join(self.methods)})")
+            raise ZscirError(f"method {method!r} needs an inversion network (this service has none; "
+                             f"available here: {', '.join(self.methods)})", setting="phi")
         caption = check_caption(text) if spec.uses_text else ""
         needs_image = method != "text"
         reference = open_reference(image) if needs_image else None
@@ -296,8 +296,7 @@ def load_service(index_dir: str | os.PathLike, phi: str | None = None, text_enco
     """`SearchService(...)` with a friendly error when the index folder is missing (CLI and server use it)."""
     index_dir = Path(index_dir).expanduser()
     if not index_dir.exists():
-        raise ZscirError(f"index folder {index_dir} does not exist; build it with "
-                         f"`zscir index --images DIR --out {index_dir}`")
+        raise ZscirError(f"index folder {index_dir} does not exist; build it with `zscir index`")
     if phi is not None and not Path(phi).expanduser().exists():
-        raise ModelLoadError(f"--phi {phi}: no such file or folder")
+        raise ModelLoadError(f"inversion network {phi}: no such file or folder")
     return SearchService(index_dir, phi=phi, text_encoder=text_encoder, **options)

@@ -227,7 +227,8 @@ class ConceptBank:
 
 
 def load_concepts(path: str | Path) -> list[str]:
-    """A concept list: a JSON list of strings, or a text file with one concept per line (# comments).
+    """A concept list: a JSON list of strings, a CSV with a `DisplayName` column (Open Images' class
+    descriptions, the list SEARLE uses) or a text file with one concept per line (# comments).
 
     Raises:
         DataError: missing file, malformed JSON, empty list.
@@ -236,7 +237,9 @@ def load_concepts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: concept file not found")
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
+    if path.suffix == ".csv":
+        concepts = _csv_concepts(path, text)
+    elif path.suffix == ".json":
         try:
             concepts = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -381,3 +384,83 @@ def world_phrases(concepts: Sequence[str], num_phrases: int = 16, seed: int = 0)
             phrases.append(describe_scene(Scene(rng.choice(list(BACKGROUNDS)), (obj,)), rng))
         out[concept] = list(dict.fromkeys(phrases))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Concept sources by name (the CLI's --concepts / --phrases)
+
+# Open Images V7's class list (LabelName,DisplayName; ~20k classes), the vocabulary SEARLE associates
+# real images with. Annotations of Open Images are CC BY 4.0 (Google); zscir does not ship the file.
+OPENIMAGES_FILE = "oidv7-class-descriptions.csv"
+CONCEPT_SOURCES = ("openimages", "world")
+
+
+def concepts_path(source: str) -> Path | None:
+    """The file a concept source reads: None for 'world' (built in), `<cache>/concepts/oidv7-...csv` for
+    'openimages', else the path itself."""
+    from zscir.registry import default_cache_dir
+
+    if source == "world":
+        return None
+    if source == "openimages":
+        return default_cache_dir() / "concepts" / OPENIMAGES_FILE
+    return Path(source).expanduser()
+
+
+def _csv_concepts(path: Path, text: str) -> list[str]:
+    """Concepts of a CSV: its `DisplayName` column if it has one (Open Images), else the first column."""
+    import csv
+
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        return []
+    header = [c.strip() for c in rows[0]]
+    if "DisplayName" in header:
+        column = header.index("DisplayName")
+        return [row[column] for row in rows[1:] if len(row) > column]
+    return [row[0] for row in rows if row]
+
+
+def build_concept_bank(backbone, concepts: str, phrases: str, phrases_per_concept: int = 32, seed: int = 0,
+                       save_to: str | Path | None = None) -> ConceptBank:
+    """A ConceptBank from named sources; generated phrases are saved as `save_to` (JSON) and reused.
+
+    Args:
+        backbone: the `Backbone` (concepts and phrases are embedded with its text tower).
+        concepts: 'world', 'openimages' or a concept file (see `load_concepts`).
+        phrases: 'world', 'lm:MODEL' (sampled from a causal LM, folder or hub id) or a phrase file.
+        phrases_per_concept / seed: of generated phrases.
+        save_to: optional JSON path for the phrases (an existing file there is reused, not regenerated).
+    Returns:
+        A `ConceptBank`.
+    """
+    from zscir.utils.io import write_json_atomic
+
+    world = concepts == "world"
+    names = world_concepts() if world else load_concepts(concepts_path(concepts))
+    if save_to is not None and Path(save_to).is_file():
+        table = load_phrases(save_to)
+    elif phrases == "world":
+        table = world_phrases(names, phrases_per_concept, seed)
+    elif phrases.startswith("lm:"):
+        table = phrases_from_lm(phrases[3:], names, phrases_per_concept, seed, backbone.device)
+    else:
+        table = load_phrases(phrases)
+    if save_to is not None and not Path(save_to).is_file():
+        write_json_atomic(save_to, table)
+    return ConceptBank.build(backbone, names, table, WORLD_TEMPLATES if world else DEFAULT_TEMPLATES)
+
+
+def phrases_from_lm(source: str, concepts: Sequence[str], num_phrases: int, seed: int,
+                    device: str | torch.device = "cpu") -> dict[str, list[str]]:
+    """`generate_phrases` with a causal LM loaded from a folder or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zscir.models.backbone import _hub_error
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source).to(device)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(source, exc) from exc
+    return generate_phrases(model, tokenizer, concepts, num_phrases, seed=seed)

@@ -6,7 +6,6 @@ The resolved config is written as JSON into the run folder by the loop.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import typing
@@ -267,32 +266,3 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
     config = cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
     config.check()
     return config
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
-    """Add `--config FILE`, `--set key=value` and one `--field-name` flag per config field (default: unset)."""
-    parser.add_argument("--config", help="YAML or JSON file of config fields (CLI flags override it)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field")
-    group = parser.add_argument_group("training config (defaults: the recipe)")
-    for name, kind in _field_types(cls).items():
-        flag = "--" + name.replace("_", "-")
-        default = next(f.default for f in fields(cls) if f.name == name)
-        if kind is bool:
-            group.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {default})")
-        elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, dest=f"cfg_{name}", nargs="+", default=None, metavar=name.upper(),
-                               help=f"(default {default})")
-        else:
-            group.add_argument(flag, dest=f"cfg_{name}", default=None, metavar=name.upper(),
-                               help=f"(default {default})")
-
-
-def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """The config given by `add_config_arguments`' flags: defaults < --config < --set < --field flags."""
-    overrides = parse_overrides(args.set)
-    for name in _field_types(cls):
-        value = getattr(args, f"cfg_{name}", None)
-        if value is not None:
-            overrides[name] = value
-    return load_config(cls, args.config, overrides)

@@ -383,8 +383,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     ckpt_root = out / "checkpoints"
     existing = list_checkpoints(ckpt_root)
     if existing and not config.resume:
-        raise ZscirError(f"{out} already holds checkpoints (last: step {existing[-1][0]}); pass --resume to "
-                         "continue that run, or choose another output folder")
+        raise ZscirError(f"{out} already holds checkpoints (last: step {existing[-1][0]}); resume it "
+                         "or choose another output folder", setting="resume")
     accelerator = _make_accelerator(config)
     main = accelerator.is_main_process
     writer = None

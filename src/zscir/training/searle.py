@@ -171,29 +171,3 @@ def distill_from_store(backbone, token_folder: str | Path, bank: ConceptBank | N
                          f"{backbone.name!r}; invert with this backbone first")
     _, embeds, tokens = store.pairs()
     return distill_phi(backbone, embeds, tokens, bank, config, validate=validate)
-
-
-# ---------------------------------------------------------------------------------------------
-# `zscir train-phi --method searle` glue (the command module owns the shared options)
-
-
-def train_searle_from_args(args, backbone, validate: Callable[[Phi], dict] | None = None) -> Phi:
-    """Run SEARLE distillation from parsed `train-phi` arguments.
-
-    Args:
-        args: parsed arguments holding `add_searle_arguments`' options and the loop's `cfg_*` flags.
-        backbone: the loaded frozen `Backbone`.
-        validate: optional Phi -> metrics callback (e.g. a `CIRValidator`).
-    Returns:
-        The distilled Phi (also in `output_dir/best` or `final`, both formats).
-    """
-    from zscir.commands.invert import concept_bank_from_args
-    from zscir.training.config import config_from_args
-
-    if not getattr(args, "tokens", None):
-        raise ZscirError("--method searle needs --tokens FOLDER (run `zscir invert ... --out FOLDER` first)")
-    config = config_from_args(SearleConfig, args)
-    bank = None
-    if config.phrase_weight > 0:
-        bank = concept_bank_from_args(backbone, args, save_to=Path(args.tokens) / "phrases.json")
-    return distill_from_store(backbone, args.tokens, bank, config, validate)

@@ -1,0 +1,266 @@
+"""CLI glue shared by several commands: parsed options → library objects (configs, models, validators,
+concept banks, conditioners, evaluation runs).
+
+Library modules never see an argparse namespace; this module reads one and calls them with plain
+arguments. Errors that are about a flag name the flag here (the library says what is wrong).
+Heavy imports stay inside the functions so that `zscir --help` imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zscir.errors import ZscirError
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """The config given by `add_config_arguments`' flags: defaults < --config < --set < --field flags."""
+    from dataclasses import fields
+
+    from zscir.training.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    for f in fields(cls):
+        value = getattr(args, f"cfg_{f.name}", None)
+        if value is not None:
+            overrides[f.name] = value
+    return load_config(cls, args.config, overrides)
+
+
+def resolved_config(args: argparse.Namespace) -> dict:
+    """All arguments as JSON-ready data (plus the zscir version)."""
+    from zscir import __version__
+
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    config["zscir_version"] = __version__
+    return config
+
+
+def existing_folder(path, flag: str) -> Path:
+    """`path` as a Path, or a ZscirError naming the flag when it is not a folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ZscirError(f"{flag} {folder}: no such folder")
+    return folder
+
+
+def existing_path(path, flag: str) -> Path:
+    """`path` as a Path, or a ZscirError naming the flag when nothing is there."""
+    found = Path(path).expanduser()
+    if not found.exists():
+        raise ZscirError(f"{flag} {found}: no such file or folder")
+    return found
+
+
+def check_model_source(source: str | None, flag: str) -> None:
+    """Refuse a model argument that looks like a local path but does not exist (a hub id passes)."""
+    if source is None:
+        return
+    path = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or path.suffix in (".pt", ".pth", ".bin", ".safetensors")
+    if looks_local and not path.exists():
+        raise ZscirError(f"{flag} {source}: no such file or folder")
+
+
+def check_backbone(name: str, flag: str = "--backbone") -> None:
+    """Resolve a backbone name before any heavy work: unknown names and missing local folders fail here."""
+    from zscir.errors import ModelLoadError
+    from zscir.registry import resolve_backbone
+
+    try:
+        source, spec = resolve_backbone(name)
+    except ModelLoadError as exc:
+        raise ZscirError(f"{flag}: {exc}") from exc
+    if spec is not None and spec.source.startswith("{cache}") and not Path(source).exists():
+        raise ZscirError(f"{flag} {name}: {source} is not built yet (run `zscir demo` first)")
+    check_model_source(source if spec is None else None, flag)
+
+
+def check_runtime(device: str | None, dtype: str | None = None, mixed_precision: str | None = None) -> None:
+    """Refuse a device that is not there and fp16 without a GPU, before anything is loaded."""
+    import torch
+
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ZscirError(f"--device {device}: no CUDA GPU is visible (use --device cpu)")
+    on_cpu = not device or device == "cpu" or not torch.cuda.is_available()
+    if dtype == "fp16" and on_cpu:
+        raise ZscirError("--dtype fp16 needs a GPU (on the CPU use fp32 or bf16)")
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ZscirError("--mixed-precision fp16 needs a GPU (on the CPU use bf16 or no)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models of a query: backbone + optional text tower + optional Phi
+
+
+def check_query_models(args: argparse.Namespace) -> None:
+    """Validate `add_model_arguments`' options (paths, method needs) without loading anything."""
+    if args.method == "phi" and not args.phi:
+        raise ZscirError("--method phi needs --phi PATH (a SEARLE/LinCIR/Pic2Word checkpoint or zscir folder)")
+    if getattr(args, "text_encoder", None) and args.method == "image":
+        raise ZscirError("--text-encoder has no effect with --method image (no text is encoded)")
+    check_backbone(args.backbone)
+    check_model_source(args.phi if args.method == "phi" else None, "--phi")
+    check_model_source(getattr(args, "text_encoder", None), "--text-encoder")
+    check_runtime(getattr(args, "device", None), getattr(args, "dtype", None))
+
+
+def load_query_models(args: argparse.Namespace):
+    """(backbone with the text tower swapped in if given, phi or None) from `add_model_arguments`' options."""
+    from zscir.models.backbone import Backbone
+    from zscir.models.phi import check_fits, load_inversion_network
+
+    check_query_models(args)
+    backbone = Backbone.load(args.backbone, device=args.device, dtype=args.dtype)
+    if args.text_encoder:
+        from zscir.models.text_tower import load_text_tower
+
+        backbone = backbone.with_text_tower(load_text_tower(args.text_encoder, like=backbone.text))
+    phi = None
+    if args.method == "phi":
+        phi = load_inversion_network(args.phi, device=args.device)
+        check_fits(phi, backbone)
+    return backbone, phi
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (evaluate, submit)
+
+
+def check_evaluation(args: argparse.Namespace):
+    """Validate an `evaluate` / `submit` run and read its annotation files (light); returns the splits."""
+    from zscir.data.records import load_benchmark
+
+    check_query_models(args)
+    existing_folder(args.root, "--root")
+    if getattr(args, "pseudo_targets", None):
+        if args.method != "phi":
+            raise ZscirError("--pseudo-targets needs --method phi (the pseudo target is inverted by the same Phi)")
+        existing_folder(args.pseudo_targets, "--pseudo-targets")
+    return load_benchmark(args.dataset, args.root, args.split, categories=getattr(args, "categories", None),
+                          caption_cleaning=getattr(args, "caption_cleaning", "official"))
+
+
+def empty_caption_notes(results) -> list[str]:
+    """Lines counting the queries with an empty caption (composed as written, never dropped)."""
+    return [note for r in results.values() if (note := r.split.empty_caption_note())]
+
+
+def evaluate_from_args(args: argparse.Namespace, splits=None):
+    """Load data and models and run the evaluation; returns {split name: EvalResult}."""
+    from zscir.evaluation.runner import evaluate_splits
+    from zscir.retrieval.features import FeatureCache
+
+    splits = splits if splits is not None else check_evaluation(args)
+    backbone, phi = load_query_models(args)
+    cache = FeatureCache(args.cache_dir, enabled=not args.no_cache, content_hash=args.hash_images)
+    options = dict(pad_to_ratio=1.25 if args.target_pad else None, circo_text=args.circo_text,
+                   skip_missing=args.skip_missing, batch_size=args.batch_size)
+    if getattr(args, "pseudo_targets", None):
+        from zscir.generation.fusion import DEFAULT_SWEEP, evaluate_cig
+
+        sweep = None if args.alpha_sweep is None else (args.alpha_sweep or DEFAULT_SWEEP)
+        return evaluate_cig(splits, backbone, phi, cache, options, args.pseudo_targets, args.alpha, sweep,
+                            template=args.template)
+    return evaluate_splits(backbone, splits, args.method, cache, options, phi=phi, template=args.template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation during training (train-phi, train-rtd)
+
+
+def check_validation(args: argparse.Namespace):
+    """Validate the `--val-*` options and read the val split's annotations (light); None without --val-dataset."""
+    if args.val_dataset is None:
+        return None
+    if not args.val_root:
+        raise ZscirError("--val-dataset needs --val-root (the benchmark's folder)")
+    from zscir.data.records import load_benchmark
+
+    existing_folder(args.val_root, "--val-root")
+    return load_benchmark(args.val_dataset, args.val_root, args.val_split, categories=args.val_categories)
+
+
+def build_validator(args: argparse.Namespace, backbone, splits, phi=None):
+    """A `CIRValidator` on the checked val `splits` (from `check_validation`), or None when there are none."""
+    if splits is None:
+        return None
+    from zscir.retrieval.features import FeatureCache
+    from zscir.training.validation import CIRValidator
+
+    return CIRValidator(backbone, splits, phi=phi, cache=FeatureCache(args.feature_cache),
+                        template=args.val_template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Concepts and phrases (invert, train-phi --method searle)
+
+
+def check_concepts(args: argparse.Namespace, phrase_weight: float) -> None:
+    """Validate `add_concept_arguments`' options (files exist, a source is given when phrases are used)."""
+    if phrase_weight <= 0:
+        return
+    if args.concepts is None:
+        raise ZscirError("the phrase loss needs --concepts (a file, 'openimages' for real photos, 'world' for "
+                         "the synthetic world), or set --phrase-weight 0")
+    from zscir.training.concepts import concepts_path
+
+    path = concepts_path(args.concepts)
+    if path is not None and not path.is_file():
+        raise ZscirError(f"--concepts {args.concepts}: {path} not found" + (
+            "" if args.concepts != "openimages" else
+            " (put Open Images V7's oidv7-class-descriptions.csv there; see README, 'SEARLE on real images')"))
+    phrases = phrase_source(args)
+    if phrases is None:
+        raise ZscirError("--concepts other than 'world' needs --phrases (a file, or lm:MODEL to generate them)")
+    if phrases != "world" and not phrases.startswith("lm:"):
+        existing_path(phrases, "--phrases")
+
+
+def phrase_source(args: argparse.Namespace) -> str | None:
+    """The phrase source: --phrases, or 'world' with the world's concepts."""
+    return args.phrases or ("world" if args.concepts == "world" else None)
+
+
+def concept_bank_from_args(backbone, args: argparse.Namespace, save_to=None):
+    """Build the ConceptBank the concept options describe; generated phrases are saved as `save_to` and reused.
+
+    Args:
+        backbone: the `Backbone` (concepts and phrases are embedded with its text tower).
+        args: parsed `add_concept_arguments` options.
+        save_to: optional JSON path for the phrases (an existing file there is reused, not regenerated).
+    Returns:
+        A `ConceptBank`.
+    """
+    from zscir.training.concepts import build_concept_bank
+
+    bank = build_concept_bank(backbone, args.concepts, phrase_source(args), args.phrases_per_concept,
+                              args.phrase_seed, save_to=save_to)
+    print(bank.summary())
+    return bank
+
+
+# ---------------------------------------------------------------------------------------------
+# CIG conditioner (generate, train-generator)
+
+
+def check_conditioner(args: argparse.Namespace) -> None:
+    """Validate the towers and Phis of `add_conditioner_arguments` before anything is loaded."""
+    if args.phi is None:
+        return
+    check_backbone(args.backbone)
+    if args.backbone_2:
+        check_backbone(args.backbone_2, "--backbone-2")
+    check_model_source(args.phi, "--phi")
+    check_model_source(args.phi_2, "--phi-2")
+
+
+def build_conditioner(args: argparse.Namespace, template: str):
+    """The ComposedConditioner of the conditioner options (None when no --phi is given)."""
+    from zscir.generation.conditioning import build_composed_conditioner
+
+    if args.phi is None:
+        return None
+    return build_composed_conditioner(args.backbone, args.phi, args.backbone_2, args.phi_2, template,
+                                      device=args.device, dtype=args.dtype)
