@@ -324,7 +324,7 @@ def test_train_generator_caches_once_and_updates_the_unet(sdxl_dir, conditioner,
     plain = ComposedConditioner(conditioner.backbone_1, conditioner.phi_1, conditioner.backbone_2,
                                 conditioner.phi_2, PromptTemplate.named("plain"))
     config = GeneratorTrainConfig(output_dir=str(tmp_path / "run"), generator=str(sdxl_dir), resolution=SIZE,
-                                  max_steps=3, batch_size=2, lr=1e-3, cpu=True, tensorboard=False,
+                                  max_steps=3, batch_size=2, lr=1e-3, cpu=True, report_to="none",
                                   progress=False, checkpoint_every=3)
     builds = []
     real_build = GeneratorTask.build_cache
@@ -360,7 +360,7 @@ def test_train_generator_caches_once_and_updates_the_unet(sdxl_dir, conditioner,
 def test_generate_command_on_a_cirr_layout(tmp_path, tiny_clip_dir, sdxl_dir, second_clip_dir, capsys):
     from zscir.cli import main
     from zscir.models.backbone import Backbone
-    from zscir.models.phi import Phi, save_pretrained
+    from zscir.models.phi import Phi
 
     root = tmp_path / "cirr"
     (root / "dev").mkdir(parents=True)
@@ -377,7 +377,7 @@ def test_generate_command_on_a_cirr_layout(tmp_path, tiny_clip_dir, sdxl_dir, se
     (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps(table))
     for name, clip in (("phi1", tiny_clip_dir), ("phi2", second_clip_dir)):
         b = Backbone.load(str(clip), load_vision=False)
-        save_pretrained(Phi(b.projection_dim, b.hidden_size), tmp_path / name)
+        Phi(b.projection_dim, b.hidden_size).save_pretrained(tmp_path / name)
     out = tmp_path / "pseudo"
     argv = ["generate", "--dataset", "cirr", "--root", str(root), "--split", "val", "--out", str(out),
             "--backbone", str(tiny_clip_dir), "--phi", str(tmp_path / "phi1"), "--backbone-2", str(second_clip_dir),

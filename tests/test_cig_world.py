@@ -67,7 +67,7 @@ def test_trained_vae_reconstructs_held_out_images_better_than_the_random_one(wor
     train_images = list(cirr["train"].images.values())
     held_out = list(cirr["val"].images.values())[:24]  # other split: never trained on
     config = VAETrainConfig(output_dir=str(tmp_path / "run"), vae=str(start), resolution=24, max_steps=40,
-                            batch_size=8, cpu=True, tensorboard=False, progress=False, checkpoint_every=40)
+                            batch_size=8, cpu=True, report_to="none", progress=False, checkpoint_every=40)
     result = train_vae(config, train_images)
     pixels = load_pixels(held_out, 24)
     before = reconstruction_mse(AutoencoderKL.from_pretrained(str(start)), pixels)

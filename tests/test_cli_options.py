@@ -188,11 +188,17 @@ def _cases(tmp: Path):
     phi.write_bytes(b"")
     images = tmp / "images"
     images.mkdir()
+    from zscir.models.phi import Phi
+
+    phi_l14 = tmp / "phi-l14"
+    Phi(8, 8, 8, backbone="ViT-L/14").save_pretrained(phi_l14)
     missing = str(tmp / "missing")
     lincir = ["train-phi", "--backbone", str(clip), "--corpus", str(corpus), "--output-dir", str(tmp / "run")]
     return [
         (lincir + ["--mixed-precision", "fp16"], "--mixed-precision fp16 needs a GPU"),
         (lincir + ["--val-dataset", "cirr", "--val-root", missing], "--val-root"),
+        (lincir + ["--report-to", "mlflow"], "mlflow package is not installed"),
+        (lincir + ["--warmup-steps", "5", "--lr-scheduler", "constant"], "--lr-scheduler"),
         (lincir[:3] + ["--corpus", missing], "--corpus"),
         (["train-phi", "--method", "searle", "--backbone", str(clip), "--tokens", missing], "--tokens"),
         (["train-phi", "--method", "searle", "--backbone", str(clip), "--tokens", str(images)], "--concepts"),
@@ -212,6 +218,8 @@ def _cases(tmp: Path):
           "--method", "image"], "--backbone"),
         (["submit", "--dataset", "cirr", "--root", str(images), "--backbone", str(clip),
           "--phi", missing], "--phi"),
+        (["evaluate", "--dataset", "cirr", "--root", str(images), "--backbone", "ViT-B/32",
+          "--phi", str(phi_l14)], "was trained for backbone 'ViT-L/14', not 'ViT-B/32'"),
         (["index", "--images", missing, "--output-dir", str(tmp / "ix")], "--images"),
         (["index", "--images", str(images), "--output-dir", str(tmp / "ix"), "--backbone", missing], "--backbone"),
         (["index", "--images", str(images), "--output-dir", str(tmp / "ix"), "--backbone", str(clip),

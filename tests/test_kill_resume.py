@@ -92,7 +92,7 @@ def _assert_same_training(resumed: Path, straight: Path) -> None:
 
 def _train_args(clip_dir, steps=8):
     return ["--backbone", str(clip_dir), "--batch-size", "4", "--max-steps", str(steps), "--checkpoint-every", "1",
-            "--keep-checkpoints", "1", "--no-progress", "--no-tensorboard", "--cpu"]
+            "--keep-checkpoints", "1", "--no-progress", "--report-to", "none", "--cpu"]
 
 
 def test_kill_train_phi(tiny_clip_dir, tmp_path):

@@ -177,7 +177,7 @@ def test_train_lincir_end_to_end(tiny_backbone, nlp, tmp_path):
             return {"R@1": -float(phi.layers[0].weight.norm())}
 
     config = LinCIRConfig(max_steps=4, batch_size=4, validate_every=2, checkpoint_every=2, cpu=True,
-                          tensorboard=False, progress=False, lr=1e-3)
+                          report_to="none", progress=False, lr=1e-3)
     phi = train_lincir(tiny_backbone, captions, config, tmp_path / "run", validate=validate, nlp=nlp)
     assert calls == [False, False]  # validated at steps 2 and 4, in eval mode
     assert all(torch.equal(v, tiny_backbone.text.state_dict()[k]) for k, v in text_before.items())
@@ -191,3 +191,9 @@ def test_train_lincir_end_to_end(tiny_backbone, nlp, tmp_path):
     assert list((tmp_path / "run" / "cache" / "lincir-targets").glob("*.safetensors"))
     loss_file = json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())
     assert loss_file["step"] == 4 and loss_file["loss"] == loss_file["loss"]  # finite, not NaN
+    # the model card says what this run was: backbone, recipe, data and the best step's metric
+    card = (tmp_path / "run" / "best" / "README.md").read_text()
+    best = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert "LinCIR" in card and "12 captions (text only)" in card and "| lr | 0.001 |" in card
+    assert f"| R@1 | {best['R@1']} |" in card and "library_name: zscir" in card
+    assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["kind"] == "phi"

@@ -147,7 +147,7 @@ def test_train_rtd_validates_on_cached_images_and_saves_both_formats(tiny_backbo
         return rtd_validator(validator)(tower)
 
     config = RTDConfig(max_steps=3, batch_size=2, validate_every=1, checkpoint_every=3, lr=1e-3, cpu=True,
-                       tensorboard=False, progress=False)
+                       report_to="none", progress=False)
     tower = train_rtd(tiny_backbone, phi, TRIPLETS, config, tmp_path / "run", validate=validate)
     assert calls["pixels"] == after_build  # three validations, no image re-encoded
     assert seen == [False, False, False]

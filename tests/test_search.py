@@ -44,10 +44,11 @@ def gallery(tmp_path):
 @pytest.fixture()
 def phi_dir(tmp_path, tiny_size):
     """A tiny random Phi (P=24 → H=32) saved as a zscir folder."""
-    from zscir.models.phi import Phi, save_pretrained
+    from zscir.models.phi import Phi
 
     torch.manual_seed(0)
-    return save_pretrained(Phi(tiny_size.projection_dim, tiny_size.text_hidden, 48), tmp_path / "phi")
+    Phi(tiny_size.projection_dim, tiny_size.text_hidden, 48).save_pretrained(tmp_path / "phi")
+    return tmp_path / "phi"
 
 
 def _index(gallery, backbone, out, **kw):

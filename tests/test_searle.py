@@ -314,7 +314,7 @@ def _distill_config(out, steps, resume=False, **extra):
     from zscir.training.searle import SearleConfig
 
     settings = dict(output_dir=str(out), max_steps=steps, batch_size=4, checkpoint_every=2, top_k=2, resume=resume,
-                    tensorboard=False, progress=False)
+                    report_to="none", progress=False)
     return SearleConfig(**{**settings, **extra})
 
 
@@ -385,7 +385,7 @@ def test_train_phi_method_searle_through_the_cli(tiny_backbone, tiny_clip_dir, t
                  "--tokens", str(tmp_path / "tok"),
                  "--concepts", str(tmp_path / "concepts.txt"), "--phrases", str(tmp_path / "phrases.json"),
                  "--top-k", "2", "--max-steps", "2", "--batch-size", "4", "--output-dir", str(tmp_path / "run"),
-                 "--no-tensorboard", "--no-progress"])
+                 "--report-to", "none", "--no-progress"])
     assert code == 0
     phi = load_inversion_network(tmp_path / "run" / "final")
     assert phi(embeds).shape == (8, tiny_backbone.hidden_size)

@@ -69,7 +69,7 @@ class ToyTask(TrainTask):
 
 def _config(tmp_path, name, **kw):
     base = dict(output_dir=str(tmp_path / name), max_steps=4, batch_size=4, lr=0.05, weight_decay=0.0,
-                checkpoint_every=100, tensorboard=False, progress=False, cpu=True, seed=3, select_metric="neg_loss")
+                checkpoint_every=100, report_to="none", progress=False, cpu=True, seed=3, select_metric="neg_loss")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -329,3 +329,89 @@ def _worker(folder: str) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     _worker(sys.argv[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# LR schedules (transformers' get_scheduler) and trackers (accelerate)
+
+
+def _expected_lr(name: str, step: int, base: float, warmup: int, total: int) -> float:
+    """The LR of optimiser step `step` (0-based), written from each schedule's definition."""
+    import math
+
+    if name == "constant":
+        return base
+    if step < warmup:
+        return base * step / warmup
+    if name == "constant_with_warmup":
+        return base
+    progress = (step - warmup) / (total - warmup)
+    if name == "linear":
+        return base * (1 - progress)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))  # cosine, half a period
+
+
+@pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "cosine", "linear"])
+def test_lr_schedules_follow_their_definitions(name, tmp_path):
+    from zscir.training.loop import make_scheduler
+
+    warmup = 0 if name == "constant" else 3
+    config = _config(tmp_path, name, lr=0.1, max_steps=10, warmup_steps=warmup, lr_scheduler=name)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = make_scheduler(optimizer, config)
+    got = []
+    for _ in range(config.max_steps):
+        got.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [_expected_lr(name, s, 0.1, warmup, 10) for s in range(10)]
+    assert got == pytest.approx(expected, abs=1e-12)
+    if name != "constant":
+        assert len(set(got)) > 1  # the schedule really moves
+
+
+def test_constant_schedule_with_warmup_steps_is_refused(tmp_path):
+    from zscir.errors import ZscirError
+
+    with pytest.raises(ZscirError, match="constant_with_warmup"):
+        _config(tmp_path, "c", warmup_steps=2, lr_scheduler="constant").check()
+
+
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+def test_the_loop_reports_loss_lr_and_validation_to_tensorboard(tmp_path):
+    config = _config(tmp_path, "tb", max_steps=4, log_every=1, warmup_steps=2, lr_scheduler="linear",
+                     report_to="tensorboard", validate_every=2)
+    train(ToyTask(validate=True), config)
+    scalars = _scalars(tmp_path / "tb" / "logs")
+    lrs = sorted(scalars["train/lr"])
+    assert [s for s, _ in lrs] == [1, 2, 3, 4]
+    assert [v for _, v in lrs] == pytest.approx([_expected_lr("linear", s, 0.05, 2, 4) for s in range(4)])
+    assert len(scalars["train/loss"]) == 4 and sorted(s for s, _ in scalars["val/neg_loss"]) == [2, 4]
+    # report_to none writes no logs at all
+    train(ToyTask(), _config(tmp_path, "quiet", max_steps=2, report_to="none"))
+    assert not (tmp_path / "quiet" / "logs").exists()
+
+
+def test_a_tracker_that_is_not_installed_is_named(tmp_path):
+    from accelerate.utils import is_wandb_available
+
+    from zscir.errors import ZscirError
+    from zscir.training.loop import trackers_for
+
+    if is_wandb_available():
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ZscirError, match="wandb package is not installed"):
+        trackers_for("wandb")
+    assert trackers_for("none") == []
+    assert "tensorboard" in trackers_for("all")

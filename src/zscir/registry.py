@@ -65,7 +65,8 @@ ALIASES = {"B32": "ViT-B/32", "L14": "ViT-L/14", "H14": "ViT-H/14", "G14": "bigG
 CHECKPOINT_FORMATS = {
     "phi-published": "torch.save({'Phi': state_dict}) from SEARLE / LinCIR (keys layers.0/3/6.*)",
     "pic2word": "Pic2Word checkpoint with 'state_dict_img2text' (keys prefixed 'module.')",
-    "zscir": "folder with config.json + model.safetensors written by Phi.save_pretrained",
+    "zscir": "folder with config.json (+ backbone) + model.safetensors + README.md model card written by "
+             "Phi.save_pretrained / Pic2WordMapper.save_pretrained (also on the hub: from_pretrained, push_to_hub)",
     "rtd-text-encoder": "torch.save({'CLIPTextModelWithProjection': state_dict}) from RTD (a text tower)",
 }
 

@@ -77,6 +77,17 @@ def check_backbone(name: str, flag: str = "--backbone") -> None:
     check_model_source(source if spec is None else None, flag)
 
 
+def check_phi_backbone(phi: str, backbone: str, flag: str = "--phi") -> None:
+    """Refuse a saved Phi recorded for another backbone, from its config alone (before any model is loaded)."""
+    from zscir.errors import ModelLoadError
+    from zscir.models.phi import check_backbone_name, recorded_backbone
+
+    try:
+        check_backbone_name(recorded_backbone(phi), backbone, what=f"{flag} {phi}")
+    except ModelLoadError as exc:
+        raise ZscirError(f"{exc} (--backbone)") from exc
+
+
 def check_runtime(device: str | None, dtype: str | None = None, mixed_precision: str | None = None) -> None:
     """Refuse a device that is not there and fp16 without a GPU, before anything is loaded."""
     import torch
@@ -88,6 +99,19 @@ def check_runtime(device: str | None, dtype: str | None = None, mixed_precision:
         raise ZscirError("--dtype fp16 needs a GPU (on the CPU use fp32 or bf16)")
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ZscirError("--mixed-precision fp16 needs a GPU (on the CPU use bf16 or no)")
+
+
+def check_training(config, device: str | None = None, dtype: str | None = None) -> None:
+    """A train command's config before anything is read or loaded: precision vs hardware, trackers installed,
+    and an output folder with checkpoints only when resuming."""
+    from zscir.training.loop import list_checkpoints, trackers_for
+
+    check_runtime(device or ("cpu" if config.cpu else None), dtype, config.mixed_precision)
+    trackers_for(config.report_to)
+    existing = list_checkpoints(Path(config.output_dir) / "checkpoints")
+    if existing and not config.resume:
+        raise ZscirError(f"--output-dir {config.output_dir} already holds checkpoints (last: step "
+                         f"{existing[-1][0]}); pass --resume to continue that run, or choose another folder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +126,8 @@ def check_query_models(args: argparse.Namespace) -> None:
         raise ZscirError("--text-encoder has no effect with --method image (no text is encoded)")
     check_backbone(args.backbone)
     check_model_source(args.phi if args.method == "phi" else None, "--phi")
+    if args.method == "phi":
+        check_phi_backbone(args.phi, args.backbone)
     check_model_source(getattr(args, "text_encoder", None), "--text-encoder")
     check_runtime(getattr(args, "device", None), getattr(args, "dtype", None))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from zscir.commands.common import (
     build_conditioner,
     check_conditioner,
-    check_runtime,
+    check_training,
     config_from_args,
     existing_folder,
 )
@@ -69,7 +69,7 @@ def run(args) -> int:
     config = config_from_args(GeneratorTrainConfig, args)
     # every flag and path before a model is loaded
     check_conditioner(args)
-    check_runtime(args.device, args.dtype, config.mixed_precision)
+    check_training(config, args.device, args.dtype)
     paths = training_images(args)
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
     conditioner = build_conditioner(args, config.template)

@@ -9,7 +9,7 @@ from zscir.commands.common import (
     build_validator,
     check_backbone,
     check_concepts,
-    check_runtime,
+    check_training,
     check_validation,
     concept_bank_from_args,
     config_from_args,
@@ -63,7 +63,7 @@ def check(args: argparse.Namespace):
         existing_folder(args.tokens, "--tokens")
         check_concepts(args, config.phrase_weight)
     check_backbone(args.backbone)
-    check_runtime("cpu" if config.cpu else None, mixed_precision=config.mixed_precision)
+    check_training(config)
     return config, check_validation(args)
 
 

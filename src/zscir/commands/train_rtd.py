@@ -8,7 +8,7 @@ from zscir.commands.common import (
     build_validator,
     check_backbone,
     check_model_source,
-    check_runtime,
+    check_training,
     check_validation,
     config_from_args,
     existing_path,
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_backbone(args.backbone)
     check_model_source(args.phi, "--phi")
     existing_path(args.phi, "--phi")
-    check_runtime("cpu" if config.cpu else None, mixed_precision=config.mixed_precision)
+    check_training(config)
     val_splits = check_validation(args)
     triplets, summary = read_triplets(args.triplets, config.max_bad_fraction)
     print(summary)

@@ -179,7 +179,7 @@ def train_world_vae(out_dir: Path, s: CIGStageSettings, images: list[Path], held
     config = VAETrainConfig(output_dir=str(run / "train"), vae=str(random_dir), resolution=s.resolution,
                             max_steps=s.vae_steps, batch_size=min(s.vae_batch, len(images)), lr=s.vae_lr,
                             kl_weight=s.kl_weight, seed=s.seed, checkpoint_every=s.vae_steps, keep_checkpoints=1,
-                            cpu=True, tensorboard=False, progress=progress)
+                            cpu=True, report_to="none", progress=progress)
     result = train_vae(config, images)
     trained = AutoencoderKL.from_pretrained(str(result.final_dir / "vae"))
     report = {"recon_mse_random": round(before, 5), "recon_mse_trained": round(reconstruction_mse(trained, check), 5),
@@ -241,7 +241,7 @@ def train_world_generator(out_dir: Path, s: CIGStageSettings, backbone, phi, vae
     config = GeneratorTrainConfig(output_dir=str(run / "train"), generator=str(tmp), resolution=s.resolution,
                                   max_steps=s.unet_steps, batch_size=min(s.unet_batch, len(images)), lr=s.unet_lr,
                                   uncond_prob=s.uncond_prob, seed=s.seed, checkpoint_every=s.unet_steps,
-                                  keep_checkpoints=1, encode_batch_size=64, cpu=True, tensorboard=False,
+                                  keep_checkpoints=1, encode_batch_size=64, cpu=True, report_to="none",
                                   progress=progress)
     result = train_generator(config, plain, images)
     shutil.rmtree(tmp / "unet")

@@ -53,12 +53,12 @@ def _run_dir(world_dir: Path, name: str, settings: dict) -> Path:
 
 def _train_config(cls, run: Path, steps: int, batch: int, progress: bool, **extra):
     return cls(output_dir=str(run), max_steps=steps, batch_size=batch, checkpoint_every=max(50, steps // 4),
-               validate_every=0, resume=True, cpu=True, tensorboard=False, progress=progress, **extra)
+               validate_every=0, resume=True, cpu=True, report_to="none", progress=progress, **extra)
 
 
 def lincir_phi(world_dir: Path, backbone, budget: MethodBudget, progress: bool = True):
     """Train (or reuse) a LinCIR Phi on the world's caption corpus (METHODS §2), saved at `world/phi`."""
-    from zscir.models.phi import load_inversion_network, save_pretrained
+    from zscir.models.phi import load_inversion_network
     from zscir.training.config import LinCIRConfig
     from zscir.training.phi import read_captions, train_lincir
 
@@ -72,7 +72,7 @@ def lincir_phi(world_dir: Path, backbone, budget: MethodBudget, progress: bool =
     config = _train_config(LinCIRConfig, run, budget.lincir_steps, budget.lincir_batch, progress)
     phi = train_lincir(backbone, captions, config)
     tmp = world_dir / ".phi.tmp"
-    save_pretrained(phi, tmp)
+    phi.save_pretrained(tmp)
     finish_stage(tmp, folder, settings, {"seconds": round(time.time() - start, 1), "captions": len(captions)})
     return phi
 
@@ -119,7 +119,7 @@ def oti_config(budget: MethodBudget):
 def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, progress: bool = True):
     """SEARLE's Phi distilled here: OTI on world training images, then distillation (METHODS §3)."""
     from zscir.data.records import load_benchmark
-    from zscir.models.phi import load_inversion_network, save_pretrained
+    from zscir.models.phi import load_inversion_network
     from zscir.training.oti import oti_tokens_for
     from zscir.training.searle import SearleConfig, distill_phi
 
@@ -138,7 +138,7 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
     config = _train_config(SearleConfig, run, budget.searle_steps, budget.searle_batch, progress)
     phi = distill_phi(backbone, features.lookup(names), tokens, bank, config)
     tmp = world_dir / ".searle-phi.tmp"
-    save_pretrained(phi, tmp)
+    phi.save_pretrained(tmp)
     finish_stage(tmp, folder, settings, {"seconds": round(time.time() - start, 1), "images": len(names)})
     return phi
 

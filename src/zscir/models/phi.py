@@ -2,24 +2,128 @@
 
 Both map an image (or text) embedding of size P to one token embedding of size H. They load from
 the published checkpoint formats unchanged and from zscir's own self-describing folders
-(`config.json` + `model.safetensors`).
+(`config.json` + `model.safetensors` + a generated model card `README.md`). Both are hub models
+through huggingface_hub's `PyTorchModelHubMixin`: `Phi.from_pretrained(folder_or_repo)`,
+`phi.save_pretrained(folder)`, `phi.push_to_hub("owner/repo")`. The config records the backbone the
+network was trained for, so a Phi used with another backbone is refused by name before anything is encoded.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
 
 from zscir.errors import ModelLoadError, first_line
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A zscir {{ kind_text }}: it maps a CLIP image embedding of **{{ backbone }}** ({{ input_dim }} dims) to one
+token embedding ({{ output_dim }} dims) that stands for the image as the pseudo word `$` in prompts such as
+"a photo of $ that {caption}" (zero-shot composed image retrieval).
+
+## Backbone
+{{ backbone }}{% if backbone_note %} ({{ backbone_note }}){% endif %}. zscir refuses to use this network with
+another backbone.
+
+## Training recipe
+{% if method %}Method: **{{ method }}**.
+{% endif %}{% if recipe %}
+| field | value |
+|---|---|
+{% for key, value in recipe.items() %}| {{ key }} | {{ value }} |
+{% endfor %}{% else %}Not recorded.
+{% endif %}
+## Training data
+{{ data or "Not recorded." }}
+
+## Metrics of the run
+{% if metrics %}| metric | value |
+|---|---|
+{% for key, value in metrics.items() %}| {{ key }} | {{ value }} |
+{% endfor %}{% else %}None recorded (no validation in this run).
+{% endif %}
+## Use
+
+```python
+from zscir.models.phi import {{ class_name }}
+net = {{ class_name }}.from_pretrained("{{ repo_id }}")   # a local folder or a hub repo id
+```
+
+or on the command line: `zscir evaluate ... --backbone {{ backbone }} --method phi --phi <folder>`.
+"""
 
 
-class Phi(nn.Module):
+class InversionNetwork(nn.Module, PyTorchModelHubMixin, library_name="zscir", model_card_template=MODEL_CARD,
+                       tags=["zero-shot-composed-image-retrieval", "textual-inversion", "clip"]):
+    """Shared hub behaviour of Phi and Pic2Word: zscir's folder format and the generated model card.
+
+    Subclasses set `kind`, build `self.config` (dims + `backbone`) in `__init__`; `self.card_info` may hold
+    method / recipe / data / metrics for the model card (filled by the trainers).
+    """
+
+    kind = "inversion"
+    kind_text = "inversion network"
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Weights as `model.safetensors` and `config.json` = {kind, dims, backbone} (what the loaders read)."""
+        from safetensors.torch import save_file
+
+        from zscir.utils.io import atomic_path, write_json_atomic
+
+        with atomic_path(save_directory / WEIGHTS_NAME) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
+        write_json_atomic(save_directory / CONFIG_NAME, {"kind": self.kind, **self.config})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision, cache_dir, force_download, local_files_only, token,
+                         map_location: str = "cpu", **model_kwargs):
+        """Build from a folder / hub repo written by `save_pretrained`, with `load_inversion_network`'s checks
+        (fields, weights that fit); a folder holding another kind of network is refused."""
+        if Path(model_id).is_dir():
+            folder = Path(model_id)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                found = hf_hub_download(model_id, name, revision=revision, cache_dir=cache_dir, token=token,
+                                        force_download=force_download, local_files_only=local_files_only)
+            folder = Path(found).parent
+        net = load_folder(folder)
+        if not isinstance(net, cls):
+            raise ModelLoadError(f"{model_id}: holds a {net.kind!r} network, not {cls.kind!r}; use "
+                                 "zscir.models.phi.load_inversion_network for any kind")
+        return net.to(map_location).eval()
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """The model card: backbone, training recipe, data and the run's metrics (from `self.card_info`)."""
+        info = {**getattr(self, "card_info", {}), **kwargs}
+        backbone = self.config.get("backbone") or "unrecorded"
+        data = ModelCardData(library_name="zscir", tags=sorted(self._hub_mixin_info.model_card_data.tags or []))
+        values: dict[str, Any] = dict(
+            title=info.get("title") or f"{info.get('method') or self.kind_text.capitalize()} for {backbone}",
+            kind_text=self.kind_text, backbone=backbone, backbone_note=info.get("backbone_note"),
+            input_dim=self.config["input_dim"], output_dim=self.config["output_dim"], method=info.get("method"),
+            recipe=info.get("recipe") or {}, data=info.get("data"), metrics=info.get("metrics") or {},
+            class_name=type(self).__name__, repo_id=info.get("repo_id") or "<folder or owner/repo>",
+        )
+        return ModelCard.from_template(card_data=data, template_str=MODEL_CARD, **values)
+
+
+class Phi(InversionNetwork):
     """Phi = Linear(P→D) → GELU → Dropout → Linear(D→D) → GELU → Dropout → Linear(D→H), D = 4P by default.
 
     Args:
@@ -27,14 +131,18 @@ class Phi(nn.Module):
         output_dim: H, the token-embedding size it writes.
         hidden_dim: D (4P in the published checkpoints).
         dropout: p (0.5 in training; eval mode at inference).
+        backbone: the backbone it was trained for (see `backbone_identity`); None = not recorded.
     """
 
     kind = "phi"
+    kind_text = "Phi (SEARLE / LinCIR textual-inversion network)"
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, dropout: float = 0.5):
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None, dropout: float = 0.5,
+                 backbone: str | None = None):
         super().__init__()
         hidden_dim = hidden_dim or 4 * input_dim
-        self.config = dict(input_dim=input_dim, output_dim=output_dim, hidden_dim=hidden_dim, dropout=dropout)
+        self.config = dict(input_dim=input_dim, output_dim=output_dim, hidden_dim=hidden_dim, dropout=dropout,
+                           backbone=backbone)
         # Sequential indices 0/3/6 are the published state-dict keys.
         self.layers = nn.Sequential(
             nn.Linear(input_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
@@ -59,19 +167,20 @@ class Phi(nn.Module):
         return phi
 
 
-class Pic2WordMapper(nn.Module):
+class Pic2WordMapper(InversionNetwork):
     """Pic2Word's mapping network: n blocks of Linear→Dropout→ReLU (width D), then Linear(D→H).
 
     State-dict keys: `layers.{i}.0.*` for the blocks and `fc_out.*`.
     """
 
     kind = "pic2word"
+    kind_text = "Pic2Word mapping network"
 
     def __init__(self, input_dim: int, output_dim: int, hidden_dim: int = 512, num_layers: int = 2,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, backbone: str | None = None):
         super().__init__()
         self.config = dict(input_dim=input_dim, output_dim=output_dim, hidden_dim=hidden_dim, num_layers=num_layers,
-                           dropout=dropout)
+                           dropout=dropout, backbone=backbone)
         blocks, width = [], input_dim
         for _ in range(num_layers):
             blocks.append(nn.Sequential(nn.Linear(width, hidden_dim), nn.Dropout(dropout), nn.ReLU()))
@@ -127,6 +236,13 @@ def load_state_checked(net: nn.Module, state: dict, where: str) -> None:
     net.load_state_dict(state)
 
 
+def load_folder(folder: Path) -> nn.Module:
+    """The network of a zscir folder (config.json + model.safetensors), every field and weight checked."""
+    net = _network_from_config(folder / CONFIG_NAME)
+    load_state_checked(net, read_safetensors(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    return net
+
+
 def _network_from_config(config_path: Path) -> nn.Module:
     """The (untrained) network a zscir `config.json` describes; unknown or missing fields are one-line errors."""
     from zscir.utils.io import read_json
@@ -147,7 +263,11 @@ def _network_from_config(config_path: Path) -> nn.Module:
         what = "; ".join(x for x in (unknown and f"unknown field(s) {', '.join(unknown)}",
                                      absent and f"missing field(s) {', '.join(absent)}") if x)
         raise ModelLoadError(f"{config_path}: {what} for kind {kind!r} (expected {', '.join(known)})")
-    bad = [k for k, v in config.items() if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool))]
+    backbone = config.get("backbone")
+    if backbone is not None and not isinstance(backbone, str):
+        raise ModelLoadError(f"{config_path}: field backbone must be a backbone name, got {backbone!r}")
+    bad = [k for k, v in config.items() if k != "backbone" and v is not None
+           and (not isinstance(v, (int, float)) or isinstance(v, bool))]
     if bad:
         raise ModelLoadError(f"{config_path}: field {bad[0]} must be a number, got {config[bad[0]]!r}")
     try:
@@ -156,18 +276,10 @@ def _network_from_config(config_path: Path) -> nn.Module:
         raise ModelLoadError(f"{config_path}: cannot build a {kind} network from it ({first_line(exc)})") from exc
 
 
-def save_pretrained(net: nn.Module, folder: str | Path) -> Path:
-    """Write `config.json` (kind + dims) and `model.safetensors`; reload with `load_inversion_network(folder)`."""
-    from safetensors.torch import save_file
-
-    from zscir.utils.io import atomic_path, write_json_atomic
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    write_json_atomic(folder / CONFIG_NAME, {"kind": net.kind, **net.config})
-    return folder
+def save_pretrained(net: InversionNetwork, folder: str | Path) -> Path:
+    """`net.save_pretrained(folder)` (weights, config, model card) returning the folder, for chaining."""
+    net.save_pretrained(folder)
+    return Path(folder)
 
 
 def save_published_phi(phi: Phi, path: str | Path) -> Path:
@@ -193,8 +305,7 @@ def load_inversion_network(path: str | Path, device: str | torch.device = "cpu")
         config_path = path / CONFIG_NAME
         if not config_path.is_file():
             raise ModelLoadError(f"{path}: no {CONFIG_NAME}; expected a folder written by zscir's save_pretrained")
-        net = _network_from_config(config_path)
-        load_state_checked(net, read_safetensors(path / WEIGHTS_NAME), str(path / WEIGHTS_NAME))
+        net = load_folder(path)
     elif path.is_file():
         checkpoint = torch_load_weights(path)
         if isinstance(checkpoint, dict) and "Phi" in checkpoint:
@@ -243,8 +354,51 @@ def torch_load_weights(path: Path):
         raise ModelLoadError(f"{path}: not a readable torch checkpoint ({first_line(exc)[:200]})") from exc
 
 
+def backbone_identity(name_or_path: str) -> str | None:
+    """What a Phi records as its backbone: the registered name for a registered name / alias / its hub id
+    (so "L14", "ViT-L/14" and "openai/clip-vit-large-patch14" are one), a hub id as is, None for another
+    local folder (its identity is unknown; only the dims can be checked)."""
+    from zscir.registry import ALIASES, BACKBONES, resolve_backbone
+
+    name = ALIASES.get(name_or_path, name_or_path)
+    if name in BACKBONES:
+        return name
+    by_source = {spec.source: spec.name for spec in BACKBONES.values()}
+    if name_or_path in by_source:
+        return by_source[name_or_path]
+    for spec in BACKBONES.values():  # a registered local folder (the synthetic world's CLIP)
+        if spec.source.startswith("{cache}"):
+            source, _ = resolve_backbone(spec.name)
+            if Path(name_or_path).expanduser().resolve() == Path(source).resolve():
+                return spec.name
+    if Path(name_or_path).expanduser().exists():
+        return None
+    return name_or_path
+
+
+def recorded_backbone(path: str | Path) -> str | None:
+    """The backbone a saved inversion network was trained for, read from its config only (None: not recorded,
+    or a published checkpoint, which records none)."""
+    config = Path(path) / CONFIG_NAME
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("backbone")
+    except (OSError, ValueError):
+        return None
+
+
+def check_backbone_name(trained_for: str | None, backbone_name: str, what: str = "inversion network") -> None:
+    """Refuse a network recorded for another backbone than `backbone_name` (both known), naming both."""
+    here = backbone_identity(backbone_name)
+    if trained_for and here and trained_for != here:
+        raise ModelLoadError(f"{what} was trained for backbone {trained_for!r}, not {backbone_name!r}; "
+                             "use it with its own backbone", setting="backbone")
+
+
 def check_fits(net: nn.Module, backbone) -> None:
-    """Refuse an inversion network whose dims do not match the backbone, naming both shapes."""
+    """Refuse an inversion network trained for another backbone (by name) or whose dims do not match."""
+    check_backbone_name(net.config.get("backbone"), backbone.name)
     expected = (backbone.projection_dim, backbone.hidden_size)
     got = (net.config["input_dim"], net.config["output_dim"])
     if got != expected:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from zscir.errors import ZscirError
 
 C = TypeVar("C", bound="TrainConfig")
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")  # names of transformers.get_scheduler
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "all", "none")  # accelerate trackers
 
 
 @dataclass
@@ -28,7 +31,9 @@ class TrainConfig:
         batch_size: micro-batch size per process; the effective batch is batch_size × processes × grad_accum.
         grad_accum: micro-batches accumulated per optimiser step.
         lr / weight_decay / betas / eps: AdamW.
-        warmup_steps: linear warm-up, then constant LR (0 = constant from the start, the recipes' choice).
+        warmup_steps: linear warm-up steps of the LR schedule (0 = none, the recipes' choice).
+        lr_scheduler: transformers' `get_scheduler` name: constant, constant_with_warmup (default; = constant
+            when warmup_steps is 0), cosine or linear (both decay to 0 at max_steps).
         max_grad_norm: clip the gradient norm (None/0 = no clipping).
         mixed_precision: "no", "fp16" (GPU), "bf16" (GPU, or autocast on CPU).
         cpu: force the CPU even if a GPU is visible.
@@ -41,7 +46,8 @@ class TrainConfig:
         resume: continue from the last checkpoint in output_dir/checkpoints.
         allow_config_change: let a resume change fields that shape the weights (lr, batch size, recipe
             fields, ...); the new values take effect and config.json records each change with its step.
-        tensorboard: write TensorBoard scalars to output_dir/logs (skipped with a note if not installed).
+        report_to: accelerate trackers for the logged scalars: tensorboard (output_dir/logs), wandb, mlflow,
+            all (every one installed) or none.
         progress: show a tqdm bar (hidden when not a TTY anyway).
     """
 
@@ -54,6 +60,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
+    lr_scheduler: str = field(default="constant_with_warmup", metadata={"choices": LR_SCHEDULERS})
     max_grad_norm: float | None = None
     mixed_precision: str = "no"
     cpu: bool = False
@@ -66,7 +73,7 @@ class TrainConfig:
     log_every: int = 10
     resume: bool = False
     allow_config_change: bool = False
-    tensorboard: bool = True
+    report_to: str = field(default="tensorboard", metadata={"choices": REPORT_TO})
     progress: bool = True
 
     def check(self) -> None:
@@ -77,6 +84,14 @@ class TrainConfig:
                 raise ZscirError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ZscirError(f"config: mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ZscirError(f"config: lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, "
+                             f"got {self.lr_scheduler!r}")
+        if self.lr_scheduler == "constant" and self.warmup_steps:
+            raise ZscirError("config: lr_scheduler constant has no warm-up; use constant_with_warmup",
+                             setting="lr_scheduler")
+        if self.report_to not in REPORT_TO:
+            raise ZscirError(f"config: report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
         if self.select_mode not in ("max", "min"):
             raise ZscirError(f"config: select_mode must be max or min, got {self.select_mode!r}")
         if self.validate_every < 0 or self.warmup_steps < 0:

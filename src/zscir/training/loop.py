@@ -21,7 +21,8 @@ indices, the loss, optional validation and how to save); `train(task, config)` d
   hyper-parameters included) and `config.json` records each change with its step;
 - validation every K steps on the main process (RNG forked, so it never changes training), the best
   model by `select_metric` kept in `output_dir/best`;
-- TensorBoard scalars (optional), a tqdm bar, the resolved config in `output_dir/config.json`;
+- scalars to accelerate trackers (`report_to`: TensorBoard, W&B, MLflow), LR schedules from transformers'
+  `get_scheduler`, a tqdm bar, the resolved config in `output_dir/config.json`;
 - a NaN/inf loss stops the run before the update, naming the step and the last good checkpoint: the
   newest one whose weights then gave a finite loss (the checkpoint of the weights that produced the
   NaN is marked diverged, kept for inspection, and skipped by a resume). Non-finite weights stop the
@@ -48,7 +49,7 @@ STATE_FILE = "trainer_state.json"
 DIVERGED_FILE = "diverged.json"
 # Config fields a resume may change freely: they shape bookkeeping, not the trained weights.
 RESUME_FREE_FIELDS = frozenset({
-    "output_dir", "max_steps", "resume", "allow_config_change", "progress", "tensorboard", "log_every",
+    "output_dir", "max_steps", "resume", "allow_config_change", "progress", "report_to", "log_every",
     "checkpoint_every", "keep_checkpoints", "validate_every", "cache_dir", "encode_batch_size",
 })
 NOT_RECORDED = frozenset({"resume", "allow_config_change", "progress"})  # how a run was invoked, not what it used
@@ -308,9 +309,9 @@ def _save_model(accelerator, task: TrainTask, model, folder: Path, extra: dict |
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        task.save(accelerator.unwrap_model(model), tmp)
-        if extra is not None:
+        if extra is not None:  # first, so that the task's save can describe the run (model cards)
             write_json_atomic(tmp / "metrics.json", extra)
+        task.save(accelerator.unwrap_model(model), tmp)
         _replace_dir(tmp, folder)
     accelerator.wait_for_everyone()
 
@@ -319,13 +320,51 @@ def _save_model(accelerator, task: TrainTask, model, folder: Path, extra: dict |
 # The loop
 
 
-def _make_accelerator(config: TrainConfig):
+def _make_accelerator(config: TrainConfig, trackers: list[str]):
     accelerate = _require_accelerate()
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
-        raise ZscirError("mixed_precision=fp16 needs a GPU; use bf16 (CPU autocast) or no")
+        raise ZscirError("mixed_precision=fp16 needs a GPU; use bf16 (CPU autocast) or no", setting="mixed_precision")
     return accelerate.Accelerator(
-        cpu=config.cpu, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum
+        cpu=config.cpu, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+        log_with=trackers or None, project_dir=config.output_dir,
     )
+
+
+def trackers_for(report_to: str) -> list[str]:
+    """The accelerate trackers `report_to` names (tensorboard, wandb, mlflow, all, none).
+
+    Raises:
+        ZscirError: an explicitly chosen tracker whose package is not installed (TensorBoard, the default,
+            is skipped with a note instead).
+    """
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available(),
+                 "mlflow": is_mlflow_available()}
+    if report_to == "none":
+        return []
+    if report_to == "all":
+        return [name for name, ok in available.items() if ok]
+    if available.get(report_to):
+        return [report_to]
+    if report_to == "tensorboard":
+        print("note: tensorboard is not installed; no TensorBoard logs (pip install 'zscir[train]')")
+        return []
+    raise ZscirError(f"report_to {report_to}: the {report_to} package is not installed (pip install {report_to})",
+                     setting="report_to")
+
+
+def make_scheduler(optimizer, config: TrainConfig):
+    """transformers' `get_scheduler(config.lr_scheduler)` over `max_steps` optimiser steps with `warmup_steps`."""
+    from transformers import get_scheduler
+
+    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                         num_training_steps=config.max_steps)
+
+
+def _tracker_config(config: TrainConfig) -> dict:
+    """The config as scalars for the trackers' hyper-parameter tables (lists and None as text)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
 
 
 def _require_accelerate():
@@ -340,17 +379,6 @@ def _reset_accelerate_state() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=False)  # keeps the process group
     GradientState._reset_state()
-
-
-def _open_writer(config: TrainConfig, folder: Path):
-    if not config.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("note: tensorboard is not installed; no TensorBoard logs (pip install 'zscir[train]')")
-        return None
-    return SummaryWriter(str(folder))
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
@@ -385,9 +413,9 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     if existing and not config.resume:
         raise ZscirError(f"{out} already holds checkpoints (last: step {existing[-1][0]}); resume it "
                          "or choose another output folder", setting="resume")
-    accelerator = _make_accelerator(config)
+    trackers = trackers_for(config.report_to)
+    accelerator = _make_accelerator(config, trackers)
     main = accelerator.is_main_process
-    writer = None
     try:
         if main:  # leftovers of a killed run: half-written checkpoint / model folders and temp files
             for folder in (out, ckpt_root):
@@ -402,8 +430,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
             raise ZscirError("the task's model has no trainable parameter")
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                       betas=tuple(config.betas), eps=config.eps)
-        warmup = config.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
+        scheduler = make_scheduler(optimizer, config)
         # The scheduler is stepped by hand once per optimiser step (a prepared one would step once per process).
         model, optimizer = accelerator.prepare(model, optimizer)
         training = (model, optimizer, scheduler)
@@ -432,7 +459,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
         if main:
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / "config.json", {**run_config, "config_changes": state["config_changes"]})
-            writer = _open_writer(config, out / "logs")
+        if trackers:
+            accelerator.init_trackers("logs", config=_tracker_config(config))  # tensorboard: output_dir/logs
         sampler = IndexSampler(task.num_examples(), config.batch_size, accelerator.num_processes,
                                accelerator.process_index, config.seed)
         validate = task.can_validate()
@@ -443,6 +471,7 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
                    disable=(not main or not config.progress) or None)
         while step < config.max_steps:
             loss_sum = torch.zeros((), device=accelerator.device)
+            step_lr = scheduler.get_last_lr()[0]
             for _ in range(config.grad_accum):
                 batch = task.batch(sampler.indices(micro_step), accelerator.device)
                 with accelerator.accumulate(model):
@@ -469,13 +498,13 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
             last_loss = accelerator.reduce(loss_sum / config.grad_accum, "mean").item()
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4g}")
-            if writer is not None and (step % config.log_every == 0 or step == config.max_steps):
-                writer.add_scalar("train/loss", last_loss, step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            if trackers and (step % config.log_every == 0 or step == config.max_steps):
+                # the LR the step just used (the scheduler has moved on to the next step's)
+                accelerator.log({"train/loss": last_loss, "train/lr": step_lr}, step=step)
 
             if validate and ((config.validate_every and step % config.validate_every == 0)
                              or step == config.max_steps):
-                metrics = _validate(accelerator, task, model, config, step, state, out, writer)
+                metrics = _validate(accelerator, task, model, config, step, state, out, bool(trackers))
                 if main and metrics is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             state.update(step=step, micro_step=micro_step, last_loss=last_loss,
@@ -492,8 +521,8 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
         last_loss = float("nan") if state["last_loss"] is None else state["last_loss"]
         return TrainResult(step, last_loss, out / "final", out / "best" if best else None, best, state["history"])
     finally:
-        if writer is not None:
-            writer.close()
+        if trackers:
+            accelerator.end_training()
         accelerator.wait_for_everyone()
         accelerator.free_memory()
         _reset_accelerate_state()
@@ -511,7 +540,7 @@ def _stop_diverged(accelerator, ckpt_root: Path, good: Path | None, step: int, w
                            step + 1, good)
 
 
-def _validate(accelerator, task, model, config, step, state, out, writer) -> dict | None:
+def _validate(accelerator, task, model, config, step, state, out, log: bool) -> dict | None:
     """Main process validates (RNG forked: training randomness is unchanged) and keeps the best model."""
     metrics = None
     accelerator.wait_for_everyone()
@@ -532,9 +561,8 @@ def _validate(accelerator, task, model, config, step, state, out, writer) -> dic
         # a non-finite secondary metric is recorded as null: JSON has no NaN (the selection metric is finite)
         record = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}
         state["history"].append(record)
-        if writer is not None:
-            for name, v in metrics.items():
-                writer.add_scalar(f"val/{name}", v, step)
+        if log:
+            accelerator.log({f"val/{name}": v for name, v in metrics.items()}, step=step)
         best = state["best"]
         if _is_better(value, None if best is None else best[config.select_metric], config.select_mode):
             state["best"] = record

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from zscir.errors import DataError, ZscirError
-from zscir.models.phi import Phi, load_inversion_network, save_pretrained, save_published_phi
+from zscir.models.phi import Phi, backbone_identity, load_inversion_network, save_published_phi
 from zscir.training.config import LinCIRConfig
 from zscir.training.loop import SkipCounter, TrainTask, train
 
@@ -270,7 +270,13 @@ class PhiTask(TrainTask):
         return self._validate(model)
 
     def save(self, model, folder: Path) -> None:
-        save_pretrained(model, folder)
+        """zscir's hub folder (weights, config with the backbone, a model card with the run's metrics) and the
+        published `{'Phi': ...}` file."""
+        from zscir.utils.io import read_json
+
+        metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+        model.card_info = {**getattr(model, "card_info", {}), "metrics": metrics}
+        model.save_pretrained(folder)
         save_published_phi(model, folder / PUBLISHED_PHI_FILE)
 
 
@@ -348,9 +354,17 @@ def train_lincir(backbone, captions: Sequence[str], config: LinCIRConfig | None 
     targets, ids = targets[torch.tensor(masked.kept)], masked.input_ids
     if phi is None:
         torch.manual_seed(config.seed)
-        phi = Phi(backbone.projection_dim, backbone.hidden_size, config.hidden_dim, config.dropout)
+        phi = Phi(backbone.projection_dim, backbone.hidden_size, config.hidden_dim, config.dropout,
+                  backbone=backbone_identity(backbone.name))
+    phi.card_info = card_info("LinCIR", config, f"{len(captions)} captions (text only)")
     result = train(LinCIRTask(backbone, phi, ids, targets, config.noise_scale, validate), config)
     return load_inversion_network(result.best_dir or result.final_dir)
+
+
+def card_info(method: str, config, data: str) -> dict:
+    """What a trained Phi's model card says about its run (the metrics are added when it is saved)."""
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("output_dir", "cache_dir", "progress", "resume")}
+    return {"method": method, "recipe": recipe, "data": data}
 
 
 def lincir_validator(validator) -> Callable[[Phi], dict]:

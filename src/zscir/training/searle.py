@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from zscir.errors import DataError, ZscirError
-from zscir.models.phi import Phi, load_inversion_network
+from zscir.models.phi import Phi, backbone_identity, load_inversion_network
 from zscir.training.concepts import ConceptBank
 from zscir.training.config import SearleConfig  # noqa: F401  (re-exported: the recipe lives with the others)
 from zscir.training.loop import train
-from zscir.training.phi import PhiTask, move_backbone
+from zscir.training.phi import PhiTask, card_info, move_backbone
 
 
 def contrastive_loss(predicted: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -143,7 +143,9 @@ def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank
                          f"{backbone.name!r} needs {backbone.projection_dim} / {backbone.hidden_size}")
     if phi is None:
         torch.manual_seed(config.seed)
-        phi = Phi(backbone.projection_dim, backbone.hidden_size, config.hidden_dim, config.dropout)
+        phi = Phi(backbone.projection_dim, backbone.hidden_size, config.hidden_dim, config.dropout,
+                  backbone=backbone_identity(backbone.name))
+    phi.card_info = card_info("SEARLE", config, f"{tokens.shape[0]} (image embedding, OTI token) pairs")
     task = SearleDistillTask(backbone, phi, image_embeds, tokens, bank if config.phrase_weight > 0 else None,
                              config.temperature, config.phrase_weight, config.top_k, validate)
     result = train(task, config)
