@@ -121,7 +121,7 @@ def run_demo(config: DemoConfig) -> dict:
     text = render_summary(results, format_results_table(results["rows"], std))
     write_bytes_atomic(out_dir / "table.txt", text.encode())
     print(text)
-    print(f"\nresults: {out_dir / 'results.json'}   grid: {results.get('grid')}")
+    print(f"\nresults: {out_dir / 'results.json'}   grid ({results.get('grid_method')}): {results.get('grid')}")
     return results
 
 
@@ -228,11 +228,12 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
 
     edit_types = cirr_edit_types(data)
     by_edit = {label: recall_by_edit_type(result, edit_types) for label, result in cirr_results.items()}
-    grid_source = next((cirr_results[k] for k in ("LinCIR + RTD", "LinCIR (Phi trained here)") if k in cirr_results),
-                       next(iter(cirr_results.values()), None))
+    grid_method = next((k for k in ("LinCIR + RTD", "LinCIR (Phi trained here)") if k in cirr_results),
+                       next(iter(cirr_results), None))
     grid = None
-    if grid_source is not None:
-        grid = query_grid(grid_source, out_dir / "queries.png", pseudo_targets=(cig or {}).get("examples"))
+    if grid_method is not None:
+        grid = query_grid(cirr_results[grid_method], out_dir / "queries.png", method=grid_method,
+                          pseudo_targets=(cig or {}).get("examples"))
     results = {
         "world": {"root": str(data), "seed": manifest["seed"], "counts": manifest["counts"]},
         "clip": clip_report,
@@ -244,6 +245,7 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
         "seconds": {**timer.seconds, "total": round(time.perf_counter() - start, 1)},
         "fast": config.fast,
         "grid": str(grid) if grid else None,
+        "grid_method": grid_method,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     from zscir.utils.io import write_json_atomic

@@ -54,13 +54,24 @@ def recall_by_edit_type(result, edit_types: dict[str, str], k: int = 1) -> dict[
     return out
 
 
-def query_grid(result, out_path: Path, num_queries: int = 4, top: int = 5, tile: int = 96,
-               pseudo_targets: dict[str, Path] | None = None) -> Path:
-    """A PNG: per query, reference | target | (pseudo target) | top-k retrieved, with the caption above.
+def query_grid(result, out_path: Path, num_queries: int = 4, top: int = 5, tile: int = 160,
+               pseudo_targets: dict[str, Path] | None = None, method: str = "") -> Path:
+    """A PNG: a title naming the method and its R@1, then per query the caption, reference | target |
+    (pseudo target) | top-k retrieved with rank and cosine score under each retrieved tile.
 
-    Retrieved tiles that are the target get a green frame.
+    Retrieved tiles that are the target get a green frame (and "target" next to the score).
+
+    Args:
+        result: an `EvalResult` (its split, scores and metrics).
+        out_path: the PNG to write.
+        num_queries / top: rows and retrieved columns.
+        tile: side of each image tile in pixels (upscaled without smoothing: the world's images are small).
+        pseudo_targets: {query id: image} of CIG, shown as an extra column.
+        method: the method whose results these are (shown in the title).
+    Returns:
+        `out_path`.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from zscir.data.images import load_image
     from zscir.evaluation.metrics import allowed_mask, rank_gallery
@@ -70,31 +81,44 @@ def query_grid(result, out_path: Path, num_queries: int = 4, top: int = 5, tile:
     chosen = list(range(0, len(split.queries), step))[:num_queries]
     ranked = rank_gallery(result.scores[chosen], top, allowed_mask(split)[chosen])
     extra = 1 if pseudo_targets else 0
-    columns, pad, text_h = 2 + extra + top, 6, 18
-    canvas = Image.new("RGB", (columns * (tile + pad) + pad, len(chosen) * (tile + text_h + pad) + pad + 14),
+    font, small, title_font = (ImageFont.load_default(size=n) for n in (15, 13, 18))
+    columns, pad, caption_h, score_h, title_h, head_h = 2 + extra + top, 8, 22, 18, 30, 20
+    row_h = caption_h + tile + score_h + pad
+    canvas = Image.new("RGB", (columns * (tile + pad) + pad, title_h + head_h + len(chosen) * row_h + pad),
                        (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    recall = result.metrics.get("R@1")
+    title = f"{method or 'results'} on {split.name}" + (f" — R@1 {recall:.1f}" if recall is not None else "")
+    draw.text((pad, 6), title + f" ({len(split.queries)} queries; cosine score under each hit)", fill=(0, 0, 0),
+              font=title_font)
     heads = ["reference", "target"] + (["pseudo target"] if extra else []) + [f"top {i + 1}" for i in range(top)]
     for c, head in enumerate(heads):
-        draw.text((pad + c * (tile + pad), 2), head, fill=(90, 90, 90))
+        draw.text((pad + c * (tile + pad), title_h), head, fill=(90, 90, 90), font=font)
     for r, qi in enumerate(chosen):
         query = split.queries[qi]
-        y = 14 + pad + r * (tile + text_h + pad)
-        draw.text((pad, y), query.captions[0][:110], fill=(0, 0, 0))
+        y = title_h + head_h + r * row_h
+        draw.text((pad, y + 2), query.captions[0][:140], fill=(0, 0, 0), font=font)
         names = [query.reference, query.targets[0]]
         tiles = [load_image(split.images[n]) for n in names]
         if extra:
             path = pseudo_targets.get(query.query_id)
             missing = Image.new("RGB", (8, 8), (200, 200, 200))
             tiles.append(load_image(path) if path and Path(path).exists() else missing)
-        retrieved = [split.gallery[int(i)] for i in ranked[r]]
+        hits = [int(i) for i in ranked[r]]
+        retrieved = [split.gallery[i] for i in hits]
         tiles += [load_image(split.images[n]) for n in retrieved]
+        top_y = y + caption_h
         for c, image in enumerate(tiles):
             x = pad + c * (tile + pad)
-            canvas.paste(image.resize((tile, tile), Image.NEAREST), (x, y + text_h))
-            if c >= 2 + extra and retrieved[c - 2 - extra] == query.targets[0]:
-                draw.rectangle([x - 3, y + text_h - 3, x + tile + 2, y + text_h + tile + 2], outline=(0, 170, 0),
-                               width=3)
+            canvas.paste(image.resize((tile, tile), Image.NEAREST), (x, top_y))
+            if c >= 2 + extra:
+                k = c - 2 - extra
+                is_target = retrieved[k] == query.targets[0]
+                if is_target:
+                    draw.rectangle([x - 3, top_y - 3, x + tile + 2, top_y + tile + 2], outline=(0, 170, 0), width=3)
+                score = float(result.scores[qi, hits[k]])
+                draw.text((x, top_y + tile + 2), f"#{k + 1}  {score:+.3f}" + ("  target" if is_target else ""),
+                          fill=(0, 130, 0) if is_target else (60, 60, 60), font=small)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
     return out_path
