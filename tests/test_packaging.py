@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_named_package_data_file_exists():
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    # (no tomllib on Python 3.10): the [tool.setuptools.package-data] table is one `pkg = [...]` line per package
+    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    lines = re.finditer(r"^(\S+)\s*=\s*\[(.*)\]", section, re.M)
+    data = {m.group(1): re.findall(r'"([^"]+)"', m.group(2)) for m in lines}
     named = [(package, item) for package, items in data.items() for item in items if "*" not in item]
     assert named  # py.typed at least
     for package, item in named:

@@ -237,6 +237,31 @@ def _metavar(kind) -> str:
     return {int: "N", float: "X"}.get(kind, "TEXT")
 
 
+def field_docs(cls) -> dict[str, str]:
+    """{field: its one-paragraph description} from the "Attributes:" sections of `cls` and its bases."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+        if "Attributes:" not in text:
+            continue
+        current: list[str] = []
+        for line in text.split("Attributes:", 1)[1].splitlines():
+            match = re.match(r"^ {4}([a-z_][a-z0-9_ /]*):\s*(.*)$", line)
+            if match:
+                current = [n.strip() for n in match.group(1).split("/")]
+                for name in current:
+                    docs[name] = match.group(2).strip()
+            elif line.startswith("        ") and current:
+                for name in current:
+                    docs[name] += " " + line.strip()
+            elif line.strip():
+                current = []
+    return docs
+
+
 def _recipe_name(cls) -> str:
     return cls.__name__.removesuffix("Config").lower()
 
@@ -260,6 +285,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes, title: str =
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field")
     group = parser.add_argument_group(f"{title} (defaults: the recipe)")
     seen: dict[str, tuple] = {}
+    docs = {k: v for cls in classes for k, v in field_docs(cls).items()}
     for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
@@ -272,10 +298,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes, title: str =
         values = list(defaults.values())
         if len(defaults) == len(classes) and all(v == values[0] for v in values):
             shown = f"(default {values[0]})"
+        elif len(defaults) == len(classes):
+            shown = "(default " + ", ".join(f"{recipe} {value}" for recipe, value in defaults.items()) + ")"
         else:
-            shown = "(" + ("default " if len(defaults) == len(classes) else "only ") + ", ".join(
-                f"{recipe} {value}" for recipe, value in defaults.items()) + ")"
-        text = f.metadata.get("help", "")
+            shown = "(" + ", ".join(defaults) + " only; default " + ", ".join(map(str, values)) + ")"
+        text = f.metadata.get("help") or docs.get(name, "")
         kwargs: dict[str, Any] = dict(dest=f"cfg_{name}", default=None, help=f"{text} {shown}".strip())
         registered = OPTIONS.get(name.replace("_", "-"))
         if kind is bool:

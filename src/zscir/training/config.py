@@ -62,14 +62,14 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"choices": LR_SCHEDULERS})
     max_grad_norm: float | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "fp16", "bf16")})
     cpu: bool = False
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     validate_every: int = 0
     select_metric: str = "R@1"
-    select_mode: str = "max"
+    select_mode: str = field(default="max", metadata={"choices": ("max", "min")})
     log_every: int = 10
     resume: bool = False
     allow_config_change: bool = False
