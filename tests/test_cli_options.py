@@ -221,6 +221,8 @@ def _cases(tmp: Path):
         (["evaluate", "--dataset", "cirr", "--root", str(images), "--backbone", "ViT-B/32",
           "--phi", str(phi_l14)], "was trained for backbone 'ViT-L/14', not 'ViT-B/32'"),
         (["index", "--images", missing, "--output-dir", str(tmp / "ix")], "--images"),
+        (["index", "--images", str(images), "--output-dir", str(tmp / "ix")],  # ViT-L/14, the default, offline
+         "openai/clip-vit-large-patch14 is not in the local hub cache"),
         (["index", "--images", str(images), "--output-dir", str(tmp / "ix"), "--backbone", missing], "--backbone"),
         (["index", "--images", str(images), "--output-dir", str(tmp / "ix"), "--backbone", str(clip),
           "--dtype", "fp16"], "needs a GPU"),

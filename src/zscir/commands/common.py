@@ -58,7 +58,8 @@ def check_model_source(source: str | None, flag: str) -> None:
     if source is None:
         return
     path = Path(source).expanduser()
-    looks_local = source.startswith((".", "/", "~")) or path.suffix in (".pt", ".pth", ".bin", ".safetensors")
+    looks_local = (source.startswith((".", "/", "~")) or path.suffix in (".pt", ".pth", ".bin", ".safetensors")
+                   or source.count("/") > 1)  # a hub id is "owner/name"; a bare word may be a zoo name
     if looks_local and not path.exists():
         raise ZscirError(f"{flag} {source}: no such file or folder")
 
@@ -75,6 +76,17 @@ def check_backbone(name: str, flag: str = "--backbone") -> None:
     if spec is not None and spec.source.startswith("{cache}") and not Path(source).exists():
         raise ZscirError(f"{flag} {name}: {source} is not built yet (run `zscir demo` first)")
     check_model_source(source if spec is None else None, flag)
+    if not Path(source).expanduser().exists():
+        check_hub_reachable(source, f"{flag} {name}")
+
+
+def check_hub_reachable(repo_id: str, what: str) -> None:
+    """Offline (HF_HUB_OFFLINE=1), a hub model must already be in the local hub cache: say so before any work."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        raise ZscirError(f"{what}: {repo_id} is not in the local hub cache and HF_HUB_OFFLINE=1; download it "
+                         "where the hub is reachable, or pass a local folder")
 
 
 def check_phi_backbone(phi: str, backbone: str, flag: str = "--phi") -> None:
@@ -124,10 +136,10 @@ def check_query_models(args: argparse.Namespace) -> None:
         raise ZscirError("--method phi needs --phi PATH (a SEARLE/LinCIR/Pic2Word checkpoint or zscir folder)")
     if getattr(args, "text_encoder", None) and args.method == "image":
         raise ZscirError("--text-encoder has no effect with --method image (no text is encoded)")
-    check_backbone(args.backbone)
     check_model_source(args.phi if args.method == "phi" else None, "--phi")
     if args.method == "phi":
         check_phi_backbone(args.phi, args.backbone)
+    check_backbone(args.backbone)
     check_model_source(getattr(args, "text_encoder", None), "--text-encoder")
     check_runtime(getattr(args, "device", None), getattr(args, "dtype", None))
 
@@ -275,11 +287,14 @@ def check_conditioner(args: argparse.Namespace) -> None:
     """Validate the towers and Phis of `add_conditioner_arguments` before anything is loaded."""
     if args.phi is None:
         return
+    check_model_source(args.phi, "--phi")
+    check_model_source(args.phi_2, "--phi-2")
+    check_phi_backbone(args.phi, args.backbone)
+    if args.phi_2:
+        check_phi_backbone(args.phi_2, args.backbone_2 or args.backbone, "--phi-2")
     check_backbone(args.backbone)
     if args.backbone_2:
         check_backbone(args.backbone_2, "--backbone-2")
-    check_model_source(args.phi, "--phi")
-    check_model_source(args.phi_2, "--phi-2")
 
 
 def build_conditioner(args: argparse.Namespace, template: str):

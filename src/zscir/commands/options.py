@@ -262,6 +262,15 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
+def _field_metadata(cls, name: str) -> dict:
+    """A field's metadata (choices, help), also when a subclass overrides only its default."""
+    for klass in cls.__mro__:
+        found = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if found is not None and found.metadata:
+            return dict(found.metadata)
+    return {}
+
+
 def _recipe_name(cls) -> str:
     return cls.__name__.removesuffix("Config").lower()
 
@@ -290,8 +299,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes, title: str =
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            seen.setdefault(f.name, (f, hints[f.name], {}))[2][_recipe_name(cls)] = default
-    for name, (f, kind, defaults) in seen.items():
+            seen.setdefault(f.name, (_field_metadata(cls, f.name), hints[f.name], {}))[2][_recipe_name(cls)] = default
+    for name, (metadata, kind, defaults) in seen.items():
         flag = "--" + name.replace("_", "-")
         if flag in existing:  # a command-level option of the same name wins
             continue
@@ -302,7 +311,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes, title: str =
             shown = "(default " + ", ".join(f"{recipe} {value}" for recipe, value in defaults.items()) + ")"
         else:
             shown = "(" + ", ".join(defaults) + " only; default " + ", ".join(map(str, values)) + ")"
-        text = f.metadata.get("help") or docs.get(name, "")
+        text = metadata.get("help") or docs.get(name, "")
         kwargs: dict[str, Any] = dict(dest=f"cfg_{name}", default=None, help=f"{text} {shown}".strip())
         registered = OPTIONS.get(name.replace("_", "-"))
         if kind is bool:
@@ -311,8 +320,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes, title: str =
             kwargs["metavar"] = registered.kwargs["metavar"]
         elif name.endswith("_dir"):
             kwargs["metavar"] = "DIR"
-        elif "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
+        elif "choices" in metadata:
+            kwargs["choices"] = metadata["choices"]
         elif typing.get_origin(kind) is tuple:
             kwargs.update(nargs="+", metavar=_metavar(typing.get_args(kind)[0]))
         else:

@@ -7,7 +7,7 @@ import argparse
 from zscir.commands.common import (
     build_validator,
     check_backbone,
-    check_model_source,
+    check_phi_backbone,
     check_training,
     check_validation,
     config_from_args,
@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(RTDConfig, args)
     existing_path(args.triplets, "--triplets")
-    check_backbone(args.backbone)
-    check_model_source(args.phi, "--phi")
     existing_path(args.phi, "--phi")
+    check_phi_backbone(args.phi, args.backbone)
+    check_backbone(args.backbone)
     check_training(config)
     val_splits = check_validation(args)
     triplets, summary = read_triplets(args.triplets, config.max_bad_fraction)

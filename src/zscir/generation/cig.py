@@ -79,6 +79,25 @@ def quiet_dtype_warning():
         yield
 
 
+@contextlib.contextmanager
+def quiet_loading_bars():
+    """No diffusers loading bars ("Loading pipeline components...") when stderr is not a terminal (logs, CI)."""
+    import sys
+
+    from diffusers.utils import logging as diffusers_logging
+
+    if sys.stderr.isatty():
+        yield
+        return
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
+
+
 def load_component(cls, source: str | Path, subfolder: str, dtype, pipeline: bool = False):
     """Load a diffusers model (UNet, VAE) from its own folder / hub id, or from `subfolder` of a pipeline.
 
@@ -151,7 +170,7 @@ def load_generator(source: str | Path, unet: str | Path | None = None, vae: str 
     except (OSError, ValueError) as exc:
         raise model_load_error("VAE", vae, exc) from exc
     try:
-        with quiet_dtype_warning():
+        with quiet_dtype_warning(), quiet_loading_bars():
             pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
                 str(source), text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
                 torch_dtype=torch_dtype, add_watermarker=False, **parts,
