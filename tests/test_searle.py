@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -393,3 +395,19 @@ def test_train_phi_method_searle_through_the_cli(tiny_backbone, tiny_clip_dir, t
     assert saved["top_k"] == 2 and saved["temperature"] == 0.25 and saved["phrase_weight"] == 0.75
     assert saved["max_steps"] == 2 and saved["lr"] == 1e-4 and "noise_scale" not in saved
     assert json.loads((tmp_path / "tok" / "phrases.json").read_text()) == PHRASES  # kept beside the tokens
+
+
+def test_open_images_class_list_is_one_flag_away(tmp_path, monkeypatch):
+    """`--concepts openimages` reads Open Images V7's class descriptions (LabelName,DisplayName; the file SEARLE
+    uses) from the cache; any CSV with a DisplayName column works as a file too."""
+    from zscir.training.concepts import OPENIMAGES_FILE, concepts_path, load_concepts
+
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path))
+    path = concepts_path("openimages")
+    assert path == tmp_path / "concepts" / OPENIMAGES_FILE
+    path.parent.mkdir(parents=True)
+    # the real file's shape: a header, quoted names with commas, apostrophes, non-ASCII
+    path.write_text('LabelName,DisplayName\n/m/0c4936,\'Nduja\n/m/0hz5,Aardvark\n/m/02qyzmw,A-line\n'
+                    '/m/0dzcqd,Acarajé\n/m/0cw1wr,"Adapter, (Computer)"\n/m/0hz5,Aardvark\n', encoding="utf-8")
+    assert load_concepts(path) == ["'Nduja", "Aardvark", "A-line", "Acarajé", "Adapter, (Computer)"]
+    assert concepts_path("world") is None and concepts_path("my.txt") == Path("my.txt")

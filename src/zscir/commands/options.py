@@ -152,10 +152,10 @@ def add_runtime_arguments(parser, device: str | None = "cpu", dtype: str | None 
     add(parser, "dtype", default=dtype)
 
 
-def add_model_arguments(parser, method_default: str = "phi", backbone_required: bool = True) -> None:
+def add_model_arguments(parser) -> None:
     """Backbone, method, Phi, text tower and template: what `evaluate` and `submit` load."""
-    add(parser, "backbone", required=backbone_required)
-    add(parser, "method", default=method_default)
+    add(parser, "backbone", required=True)
+    add(parser, "method", default="phi")
     add(parser, "phi", help=OPTIONS["phi"].kwargs["help"] + " (needed by --method phi)")
     add(parser, "text-encoder")
     add(parser, "template", default="default")
@@ -198,17 +198,15 @@ def add_validation_arguments(parser) -> None:
                        help="image feature cache (default: $ZSCIR_CACHE/features)")
 
 
-def add_concept_arguments(parser, default: str | None = None) -> None:
-    """Concepts and phrases of SEARLE's phrase loss (`invert`, `train-phi --method searle`).
-
-    Args:
-        default: the default of --concepts and --phrases (None: --concepts must be given when phrases are used).
-    """
+def add_concept_arguments(parser) -> None:
+    """Concepts and phrases of SEARLE's phrase loss (`invert`, `train-phi --method searle`); no default source:
+    a real-data command names its vocabulary (`openimages` for photos, `world` for the synthetic world)."""
     group = parser.add_argument_group("concepts and phrases (SEARLE's phrase loss)")
-    group.add_argument("--concepts", default=default, metavar="FILE|openimages|world",
-                       help="concept list: a text file (one per line) or JSON list; 'openimages' = the Open Images "
-                       "class names SEARLE uses for real photos; 'world' = the synthetic world's shapes"
-                       + (f" (default {default})" if default else " (required unless --phrase-weight 0)"))
+    group.add_argument("--concepts", default=None, metavar="FILE|openimages|world",
+                       help="concept list: a text file (one per line), JSON list or CSV with a DisplayName column; "
+                       "'openimages' = the Open Images V7 class names SEARLE uses for real photos "
+                       "($ZSCIR_CACHE/concepts/oidv7-class-descriptions.csv); 'world' = the synthetic world's "
+                       "shapes (required unless --phrase-weight 0)")
     group.add_argument("--phrases", default=None, metavar="FILE|lm:MODEL|world",
                        help="phrase source: a JSON {concept: [phrases]} or 'concept<TAB>phrase' text file; "
                        "'lm:MODEL' = sample from a causal LM (local folder or hub id); 'world' = the world's "
