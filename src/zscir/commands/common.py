@@ -104,8 +104,13 @@ def check_runtime(device: str | None, dtype: str | None = None, mixed_precision:
     """Refuse a device that is not there and fp16 without a GPU, before anything is loaded."""
     import torch
 
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise ZscirError(f"--device {device}: no CUDA GPU is visible (use --device cpu)")
+    from zscir.utils.device import check_device
+
+    if device:
+        try:
+            check_device(device)
+        except ZscirError as exc:
+            raise ZscirError(f"--device: {exc}") from exc
     on_cpu = not device or device == "cpu" or not torch.cuda.is_available()
     if dtype == "fp16" and on_cpu:
         raise ZscirError("--dtype fp16 needs a GPU (on the CPU use fp32 or bf16)")
