@@ -6,16 +6,20 @@ pretrained CLIP; this command (or `zscir demo --train-clip`) retrains it from sc
     zscir train-clip --out runs/short --steps 100       # a shorter run of the same recipe
 """
 
+from zscir.commands.options import add
+
 HELP = "train the synthetic world's tiny CLIP from scratch (the recipe of the weights the demo ships)"
 
 
 def add_arguments(parser) -> None:
     """Options of `zscir train-clip`."""
-    parser.add_argument("--out", required=True, help="output folder (a CLIP folder loadable as --backbone)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=None, help="initialisation and data seed (default: the recipe's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add(parser, "output-dir", required=True, help="output folder (a CLIP folder loadable as --backbone)")
+    parser.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="training steps (default: the shipped recipe's)")
+    add(parser, "batch-size", help="pairs per step (default: the recipe's)")
+    add(parser, "seed", help="initialisation and data seed (default: the recipe's)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--fp16", action="store_true", help="store the weights in fp16 (how they are shipped)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -37,7 +41,7 @@ def run(args) -> int:
     if any(v is not None and v < 1 for k, v in changes.items() if k != "seed"):
         raise ZscirError("--steps, --batch-size and --threads must be at least 1")
     config = replace(config, **changes)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()):
         raise ZscirError(f"{out}: folder exists and is not empty; choose a new folder")
     train_world_clip(out, config, progress=not args.no_progress)

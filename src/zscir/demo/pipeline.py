@@ -95,7 +95,7 @@ def run_demo(config: DemoConfig) -> dict:
     if unknown:
         raise ZscirError(f"unknown stage(s) to skip: {sorted(unknown)}; stages: {', '.join(STAGES)}")
     if config.seeds < 1:
-        raise ZscirError(f"--seeds must be at least 1, got {config.seeds}")
+        raise ZscirError(f"seeds must be at least 1, got {config.seeds}", setting="seeds")
     out_dir = Path(config.out_dir or Path(config.cache_dir) / ("demo-results-fast" if config.fast else "demo-results"))
     start = time.perf_counter()
     seeds = [config.seed + i for i in range(config.seeds)]
