@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from zscir.compose import PromptTemplate
 from zscir.errors import DataError
 from zscir.training.config import RTDConfig
 from zscir.training.loop import SkipCounter, TrainTask, train
+from zscir.training.losses import nt_xent
 
 RTD_FILE = "rtd_text_encoder.pt"
 FIELDS = ("reference_caption", "conditioning_caption", "target_caption")
@@ -134,30 +134,7 @@ def frozen_text_embeddings(backbone, texts: Sequence[str], cache_dir: str | Path
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss
-
-
-def nt_xent(queries: torch.Tensor, targets: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Symmetric NT-Xent over the 2N vectors {queries, targets}; row i's positive is its partner.
-
-    Args:
-        queries: [N, P] (here N = 2B: the composed queries, then the plain "a photo of $" rows).
-        targets: [N, P] their positives (ψ(T_t) then ψ(T_r)); constants, no gradient needed.
-        temperature: τ.
-    Returns:
-        Mean over all 2N rows of −log(exp(s_ip/τ) / Σ_{k≠i} exp(s_ik/τ)), cosine similarities s.
-    """
-    n = queries.shape[0]
-    z = F.normalize(torch.cat([queries, targets]).float(), dim=-1)  # [2N, P]
-    logits = (z @ z.T) / temperature
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))  # the denominator excludes only the row itself
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, partner)
-
-
-# ---------------------------------------------------------------------------------------------
-# The task
+# The task (the loss is `zscir.training.losses.nt_xent`)
 
 
 class ComposedTextEncoder(torch.nn.Module):
