@@ -36,3 +36,19 @@ def test_published_cig_alpha_table():
     assert (cig_alpha("cirr", "test"), cig_alpha("cirr", "test1"), cig_alpha("circo", "test")) == (0.5, 0.5, 0.7)
     assert (cig_alpha("cirr", "val"), cig_alpha("fashioniq", "val")) == (0.85, 0.9)
     assert published_cig_alpha("circo", "val") is None and cig_alpha("circo", "val") == DEFAULT_ALPHA
+
+
+def test_searle_distillation_uses_the_official_loss_and_defaults():
+    from zscir.training.config import SearleConfig
+    from zscir.training.searle import contrastive_loss
+
+    torch.manual_seed(1)
+    v, t = torch.randn(4, 6), torch.randn(4, 6)
+    assert float(contrastive_loss(v, t, 0.25)) == pytest.approx(_nt_xent_reference(v, t, 0.25), rel=1e-5)
+    assert float(contrastive_loss(v, t, 0.25, kind="cross-modal")) == pytest.approx(
+        float(cross_modal_infonce(v, t, 0.25)), rel=1e-6)
+    c = SearleConfig()  # miccunifi/SEARLE src/train_phi.py argparse defaults
+    assert (c.batch_size, c.lr, c.weight_decay, c.temperature, c.seed) == (256, 1e-4, 0.01, 0.25, 42)
+    assert (c.distil_weight, c.phrase_weight, c.top_k, c.dropout, c.distill_loss) == (1.0, 0.75, 150, 0.5, "nt-xent")
+    c.epochs = 100  # the official run: 100 epochs over ImageNet1K test (100,000 images), drop-last batches of 256
+    assert c.steps_for(100_000) == 100 * 390

@@ -164,33 +164,61 @@ class RTDConfig(TrainConfig):
 
 @dataclass
 class SearleConfig(TrainConfig):
-    """SEARLE distillation recipe on top of the loop's knobs.
+    """SEARLE distillation recipe on top of the loop's knobs (defaults: the official train_phi.py).
+
+    The official values are the argparse defaults of miccunifi/SEARLE src/train_phi.py (latest version,
+    also listed in its README): batch 256, AdamW lr 1e-4, weight decay 0.01, 100 epochs, λ_distil 1,
+    λ_gpt 0.75, τ 0.25, top-k 150 concepts, Phi dropout 0.5, seed 42.
 
     Attributes:
-        temperature: τ of the symmetric contrastive loss between Phi(x) and the OTI tokens.
-        phrase_weight: λ of the concept-phrase loss (0 = contrastive only, no phrases needed).
+        epochs: passes over the (image, OTI token) pairs; when set, `max_steps` is derived from it
+            (epochs × ⌊N / effective batch⌋, the official loader drops the last partial batch).
+            None: `max_steps` is used as given.
+        distill_loss: "nt-xent" (official: PALAVRA's contrastive loss over the 2N vectors {OTI, Phi},
+            negatives from both sets) or "cross-modal" (negatives only from the other set).
+        temperature: τ of the distillation loss.
+        distil_weight: λ_distil of the distillation loss.
+        phrase_weight: λ_gpt of the concept-phrase loss (0 = distillation only, no phrases needed).
         top_k: concepts per image the phrase is drawn from.
         dropout / hidden_dim: Phi's dropout in training and hidden width (None = 4P).
     """
 
     output_dir: str = "runs/searle"
     max_steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 0.01
+    epochs: int | None = None  # SEARLE src/train_phi.py --num-epochs 100: set epochs=100 for the official run
+    batch_size: int = 256  # SEARLE src/train_phi.py --batch-size 256
+    lr: float = 1e-4  # SEARLE src/train_phi.py --learning-rate 1e-4
+    weight_decay: float = 0.01  # SEARLE src/train_phi.py --weight-decay 0.01
+    seed: int = 42  # SEARLE src/train_phi.py --seed 42
     checkpoint_every: int = 500
-    validate_every: int = 500
-    temperature: float = 0.25
-    phrase_weight: float = 0.75
-    top_k: int = 15
-    dropout: float = 0.5
-    hidden_dim: int | None = None
+    validate_every: int = 500  # SEARLE validates every epoch (--validation-frequency 1)
+    distill_loss: str = "nt-xent"  # SEARLE src/utils.py contrastive_loss (PALAVRA)
+    temperature: float = 0.25  # SEARLE src/train_phi.py --temperature 0.25
+    distil_weight: float = 1.0  # SEARLE src/train_phi.py --lambda-distil 1
+    phrase_weight: float = 0.75  # SEARLE src/train_phi.py --lambda-gpt 0.75
+    top_k: int = 150  # SEARLE src/train_phi.py --top-k-concepts 150
+    dropout: float = 0.5  # SEARLE src/train_phi.py --phi-dropout 0.5
+    hidden_dim: int | None = None  # SEARLE src/train_phi.py: hidden_dim = 4 × image embedding size
 
     def check(self) -> None:
         """Raise ZscirError naming the first invalid field."""
+        from zscir.training.losses import DISTILL_LOSSES
+
         super().check()
-        if self.temperature <= 0 or self.phrase_weight < 0 or self.top_k < 1:
-            raise ZscirError("searle: temperature must be > 0, phrase_weight >= 0, top_k >= 1")
+        if self.temperature <= 0 or self.phrase_weight < 0 or self.distil_weight < 0 or self.top_k < 1:
+            raise ZscirError("searle: temperature must be > 0, distil_weight and phrase_weight >= 0, top_k >= 1")
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ZscirError(f"searle: distill_loss must be one of {', '.join(DISTILL_LOSSES)}, "
+                             f"got {self.distill_loss!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ZscirError(f"searle: epochs must be >= 1 or None, got {self.epochs}")
+
+    def steps_for(self, num_pairs: int, processes: int = 1) -> int:
+        """Optimiser steps of the run: from `epochs` if set (drop-last batches), else `max_steps`."""
+        if self.epochs is None:
+            return self.max_steps
+        per_epoch = max(1, num_pairs // (self.batch_size * self.grad_accum * max(1, processes)))
+        return self.epochs * per_epoch
 
 
 def _field_types(cls) -> dict[str, Any]:

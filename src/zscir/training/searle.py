@@ -3,13 +3,16 @@
 Data: pairs (x_i, t_i) of an image embedding and its OTI token (`zscir invert` writes both into a
 `TokenStore`). Per micro-batch of B pairs, with v_i = Phi(x_i):
 
-    contrastive = ½ [CE(S, I) + CE(Sᵀ, I)],  S_ij = cos(v_i, t_j) / τ   (τ = 0.25; positives on the diagonal)
-    phrase      = mean_i (1 − cos(encode(phrase_i with its concept replaced by $, v_i), encode(phrase_i)))
-    loss        = contrastive + λ · phrase                               (λ = 0.75)
+    distil = NT-Xent over the 2B normalised vectors {t, v}, τ = 0.25: each row's positive is its partner,
+             its negatives ALL other 2B − 2 rows of both sets (`losses.nt_xent`, the official PALAVRA loss;
+             `distill_loss="cross-modal"` keeps zscir's earlier CLIP-style loss, negatives from the other set)
+    phrase = mean_i (1 − cos(encode(phrase_i with its concept replaced by $, v_i), encode(phrase_i)))
+    loss   = λ_distil · distil + λ_gpt · phrase                           (λ_distil = 1, λ_gpt = 0.75)
 
 where phrase_i is drawn (global torch RNG, so it is restored on resume) from the phrases of one of
-image i's top-k concepts, as in OTI. Only Phi trains; AdamW lr 1e-4. The negatives of the contrastive
-term are the other rows of the same process's micro-batch (no cross-process gather).
+image i's top-k (150) concepts. Only Phi trains; AdamW lr 1e-4, batch 256, 100 epochs (the official
+defaults, see `SearleConfig`). The negatives are the other rows of the same process's micro-batch (no
+cross-process gather, as in the official single-GPU script).
 
 API:
     store = TokenStore("runs/oti")                  # from `zscir invert`
@@ -19,6 +22,7 @@ API:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,22 +34,23 @@ from zscir.models.phi import Phi, backbone_identity, load_inversion_network
 from zscir.training.concepts import ConceptBank
 from zscir.training.config import SearleConfig  # noqa: F401  (re-exported: the recipe lives with the others)
 from zscir.training.loop import train
+from zscir.training.losses import DISTILL_LOSSES
 from zscir.training.phi import PhiTask, card_info, move_backbone
 
 
-def contrastive_loss(predicted: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE between row-paired predictions and targets (cosine logits / temperature).
+def contrastive_loss(predicted: torch.Tensor, targets: torch.Tensor, temperature: float,
+                     kind: str = "nt-xent") -> torch.Tensor:
+    """SEARLE's distillation loss between Phi's predictions and the OTI tokens (row-paired).
 
     Args:
         predicted: [B, H] Phi outputs.
         targets: [B, H] OTI tokens (row i is the positive of prediction i).
         temperature: τ.
+        kind: "nt-xent" (official, negatives from both sets) or "cross-modal" (see `zscir.training.losses`).
     Returns:
-        Scalar ½ (CE(S, I) + CE(Sᵀ, I)).
+        The scalar loss.
     """
-    logits = F.normalize(predicted.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).T / temperature
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return DISTILL_LOSSES[kind](predicted, targets, temperature)
 
 
 class _TorchDraws:
@@ -65,13 +70,14 @@ class SearleDistillTask(PhiTask):
         image_embeds: [N, P] image embeddings.
         tokens: [N, H] their OTI tokens.
         bank: concepts and phrases (None allowed when `phrase_weight == 0`).
-        temperature / phrase_weight / top_k: the recipe (see SearleConfig).
+        temperature / phrase_weight / top_k / distill_loss / distil_weight: the recipe (see SearleConfig).
         validate: optional callback Phi (eval mode) -> metrics.
     """
 
     def __init__(self, backbone, phi: Phi, image_embeds: torch.Tensor, tokens: torch.Tensor,
-                 bank: ConceptBank | None, temperature: float = 0.25, phrase_weight: float = 0.75, top_k: int = 15,
-                 validate: Callable[[Phi], dict] | None = None):
+                 bank: ConceptBank | None, temperature: float = 0.25, phrase_weight: float = 0.75, top_k: int = 150,
+                 validate: Callable[[Phi], dict] | None = None, distill_loss: str = "nt-xent",
+                 distil_weight: float = 1.0):
         if image_embeds.shape[0] != tokens.shape[0]:
             raise ValueError(f"{image_embeds.shape[0]} image embeddings for {tokens.shape[0]} tokens")
         if phrase_weight > 0 and bank is None:
@@ -79,6 +85,7 @@ class SearleDistillTask(PhiTask):
         self.backbone, self.phi, self.bank = backbone, phi, bank
         self.image_embeds, self.tokens = image_embeds.float(), tokens.float()
         self.temperature, self.phrase_weight, self.top_k = temperature, phrase_weight, top_k
+        self.distill_loss, self.distil_weight = distill_loss, distil_weight
         self._validate = validate
         self.candidates = None
 
@@ -104,13 +111,12 @@ class SearleDistillTask(PhiTask):
 
     def loss(self, model, batch) -> torch.Tensor:
         v = model(batch["x"])  # the prepared (DDP) Phi
-        loss = contrastive_loss(v, batch["t"], self.temperature)
+        loss = self.distil_weight * contrastive_loss(v, batch["t"], self.temperature, self.distill_loss)
         if self.candidates is not None:
             out = self.backbone.encode_composed(batch["texts"], v).text_embeds.float()
             phrase = (1 - F.cosine_similarity(out, batch["phrase_targets"].float(), dim=-1)).mean()
             loss = loss + self.phrase_weight * phrase
         return loss
-
 
 
 def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank: ConceptBank | None,
@@ -138,6 +144,8 @@ def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank
     config.check()
     if tokens.shape[0] == 0:
         raise DataError("no OTI tokens to distil from")
+    if config.epochs is not None:  # the official recipe counts epochs; the loop counts optimiser steps
+        config.max_steps = config.steps_for(tokens.shape[0], int(os.environ.get("WORLD_SIZE", "1")))
     if tokens.shape[1] != backbone.hidden_size or image_embeds.shape[1] != backbone.projection_dim:
         raise ZscirError(f"pairs have image dim {image_embeds.shape[1]} / token dim {tokens.shape[1]}, backbone "
                          f"{backbone.name!r} needs {backbone.projection_dim} / {backbone.hidden_size}")
@@ -147,7 +155,8 @@ def distill_phi(backbone, image_embeds: torch.Tensor, tokens: torch.Tensor, bank
                   backbone=backbone_identity(backbone.name))
     phi.card_info = card_info("SEARLE", config, f"{tokens.shape[0]} (image embedding, OTI token) pairs")
     task = SearleDistillTask(backbone, phi, image_embeds, tokens, bank if config.phrase_weight > 0 else None,
-                             config.temperature, config.phrase_weight, config.top_k, validate)
+                             config.temperature, config.phrase_weight, config.top_k, validate,
+                             config.distill_loss, config.distil_weight)
     result = train(task, config)
     return load_inversion_network(result.best_dir or result.final_dir)
 
