@@ -12,15 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from zscir.errors import DataError, ZscirError
-
-PSEUDO_WORD = "$"
-
-# Prompt templates as data. `{caption}` is the relative caption; `$` is the pseudo word.
-TEMPLATES: dict[str, str] = {
-    "default": "a photo of $ that {caption}",
-    "plain": "a photo of $",
-    "circo-concept": "a photo of $ that {caption}",  # with the concept prepended to the caption (see circo_text)
-}
+from zscir.prompts import METHOD_TEMPLATES, PSEUDO_WORD, TEMPLATE_SETS, TEMPLATES  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -36,8 +28,25 @@ class PromptTemplate:
 
     @classmethod
     def named(cls, name_or_text: str) -> PromptTemplate:
-        """A registered template by name, or the text itself."""
-        return cls(TEMPLATES.get(name_or_text, name_or_text))
+        """A registered template by name (`prompts.TEMPLATES`), or the text itself.
+
+        Raises:
+            ZscirError: neither a known name nor a text with the pseudo word (lists the known names).
+        """
+        if name_or_text in TEMPLATES:
+            return cls(TEMPLATES[name_or_text])
+        if PSEUDO_WORD not in name_or_text.replace("{caption}", " ").split():
+            raise ZscirError(f"unknown prompt template {name_or_text!r}; known names: {', '.join(TEMPLATES)}; "
+                             f"or give a text with the pseudo word '{PSEUDO_WORD}' (and {{caption}})")
+        return cls(name_or_text)
+
+    @classmethod
+    def for_network(cls, name_or_text: str | None, network=None) -> PromptTemplate:
+        """`named(name_or_text)`, or when it is None the template of the network's method (`METHOD_TEMPLATES`)."""
+        if name_or_text is None:
+            kind = getattr(network, "kind", "phi")
+            name_or_text = METHOD_TEMPLATES.get(kind, "default")
+        return cls.named(name_or_text)
 
     def format(self, caption: str = "") -> str:
         """The prompt for one caption (as prepared by its benchmark's protocol; may be empty)."""

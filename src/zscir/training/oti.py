@@ -2,12 +2,15 @@
 
 For each image (embedding x) one token v ∈ R^H is optimised, the towers frozen:
 
-    loss(v) = w_img · (1 − cos(encode("a photo of $", v), x))
+    loss(v) = w_img · (1 − cos(encode(template, v), x))
             + w_phr · (1 − cos(encode(phrase with the concept replaced by $, v), encode(phrase)))
 
-where, at every step, the phrase is drawn from the phrases of one of the image's top-k concepts
-(`ConceptBank`). AdamW (lr 2e-2, weight decay 0.01) for 350 steps; the output is the exponential
-moving average of v (decay 0.99, started at the initial v), not the last iterate.
+where, at every step, the template is drawn from PALAVRA's 24 templates ("This is a photo of a $",
+..., `compose.TEMPLATE_SETS["palavra"]`, as the official OTI does; a fixed prompt such as "a photo of
+$" is an option) and the phrase from the phrases of one of the image's top-k concepts (`ConceptBank`).
+SEARLE normalises the loss by (w_img + w_phr); AdamW is invariant to that constant factor (up to its ε).
+AdamW (lr 2e-2, weight decay 0.01) for 350 steps; the output is the exponential moving average of v
+(decay 0.99, started at the initial v), not the last iterate.
 
 Batching: many images are optimised together as one [B, H] parameter with one optimiser. The loss is
 the SUM of the per-image losses and AdamW acts element-wise, so each row follows exactly the
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zscir.compose import TEMPLATES, PromptTemplate
+from zscir.compose import TEMPLATE_SETS, TEMPLATES, PromptTemplate
 from zscir.errors import DataError, ZscirError
 from zscir.training.concepts import ConceptBank, derived_seed
 
@@ -52,7 +55,8 @@ class OTIConfig:
         image_weight: weight of the image cosine loss.
         phrase_weight: weight of the concept-phrase loss (0 = no phrases needed).
         top_k: concepts per image the phrase is drawn from.
-        template: the prompt v is read in (must contain `$`).
+        template: a template-set name (`compose.TEMPLATE_SETS`, default "palavra": one template drawn per
+            image and step, the official OTI) or one fixed prompt with `$` (e.g. "a photo of $").
         init_std: std of the normal initial v; None = std of the text tower's token-embedding table.
         seed: base seed of every per-image random stream.
         batch_size: images optimised together (does not change the result, only the speed).
@@ -65,7 +69,7 @@ class OTIConfig:
     image_weight: float = 1.0
     phrase_weight: float = 0.5
     top_k: int = 15
-    template: str = TEMPLATES["plain"]
+    template: str = "palavra"  # SEARLE src/oti_inversion.py: random.choices(get_templates()) every step
     init_std: float | None = None
     seed: int = 0
     batch_size: int = 32
@@ -78,7 +82,8 @@ class OTIConfig:
             raise ZscirError(f"OTI: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.image_weight < 0 or self.phrase_weight < 0:
             raise ZscirError("OTI: loss weights must be >= 0")
-        PromptTemplate(self.template)
+        if self.template not in TEMPLATE_SETS:
+            PromptTemplate(self.template)
 
     def result_key(self) -> dict:
         """The fields that determine the tokens (everything but batch_size)."""
@@ -149,9 +154,15 @@ def _invert_batch(backbone, embeds: torch.Tensor, names: Sequence[str], bank: Co
     token = torch.nn.Parameter(start.clone())
     ema = start.clone()
     optimizer = torch.optim.AdamW([token], lr=config.lr, weight_decay=config.weight_decay)
-    prompts = [config.template] * n
+    drawn = TEMPLATE_SETS.get(config.template)
+    if drawn is not None:  # each image draws its template from its own stream (batching changes nothing)
+        template_rngs = [random.Random(derived_seed(config.seed, f"oti-template|{name}")) for name in names]
     first_loss = last_loss = None
     for step in range(config.steps):
+        if drawn is None:
+            prompts = [config.template] * n
+        else:
+            prompts = [drawn[r.randrange(len(drawn))] for r in template_rngs]
         if use_phrases:
             masked, phrase_targets = bank.sample(candidates, rngs)
             # two passes, each cut to its own length (the short template is not padded to the phrases)
