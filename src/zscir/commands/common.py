@@ -41,7 +41,7 @@ def existing_folder(path, flag: str) -> Path:
     """`path` as a Path, or a ZscirError naming the flag when it is not a folder."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ZscirError(f"{flag} {folder}: no such folder")
+        raise ZscirError(f"{flag} {folder}: the folder does not exist")
     return folder
 
 

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(parser, "dataset", choices=DATASETS, help="dataset whose images to fetch (CIRR images come from NLVR2 and "
         "CIRCO's from COCO: get them from their sites)")
     # the old positional spelling (`zscir download fashioniq ...`), hidden, for one release
-    parser.add_argument("legacy_dataset", nargs="?", choices=DATASETS, help=argparse.SUPPRESS)
+    parser.add_argument("legacy_dataset", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--urls", required=True, metavar="DIR",
                         help="folder with {category}.json ([{asin, url}]) and/or asin2url.{category}.txt lists")
     add(parser, "output-dir", required=True, help="images folder, e.g. ROOT/images")
@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or args.legacy_dataset
     if dataset is None:
         raise ZscirError(f"--dataset is required ({', '.join(DATASETS)})")
+    if dataset.lower() not in DATASETS:
+        raise ZscirError(
+            f"no downloader for dataset {dataset!r}; supported: {', '.join(DATASETS)} "
+            "(CIRR images come from NLVR2 and CIRCO images from COCO unlabeled2017: get them from their sites)"
+        )
     if args.workers < 1 or args.timeout <= 0 or args.retries < 0 or args.backoff < 0:
         raise ZscirError("--workers must be >= 1, --timeout > 0, --retries >= 0 and --backoff >= 0")
     from zscir.commands.common import existing_folder
