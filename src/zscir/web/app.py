@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from zscir.errors import ZscirError, require
+from zscir.web.guard import RequestGuard, private_upload_dir
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,14 @@ def _page(searcher: _Searcher, examples: int = 8, k_default: int = 10):
     return page
 
 
-def build_app(service, examples: int = 8, k_default: int = 10):
+def build_app(service, examples: int = 8, k_default: int = 10, max_body_bytes: int = 24 * 2**20):
     """A FastAPI app serving the Gradio page at "/" and the JSON API under "/api".
 
     Args:
         service: a `zscir.search.service.SearchService`.
         examples: gallery images offered as examples on the page.
         k_default: initial number of results on the page.
+        max_body_bytes: largest request body accepted (413 above).
     Returns:
         The FastAPI application (run it with uvicorn, or use `serve` / `start_server`).
     """
@@ -204,10 +206,39 @@ def build_app(service, examples: int = 8, k_default: int = 10):
         return JSONResponse({"method": result.method, "k": k, "hits": [h.to_dict() for h in result.hits]})
 
     app.add_route("/api/search", api_search, methods=["POST"])
+    _add_image_route(app, service)
 
+    upload_dir = private_upload_dir()  # before the page: Gradio components read the folder when built
     page = _page(searcher, examples, k_default)
-    allowed = [str(service.root)]
-    return gr.mount_gradio_app(app, page, path="/", allowed_paths=allowed, footer_links=["api"])
+    # allowed_paths lets Gradio copy result images (indexed files only) into its cache for the gallery;
+    # the guard still refuses every file route outside the upload folder.
+    app = gr.mount_gradio_app(app, page, path="/", allowed_paths=[str(service.root)], footer_links=["api"],
+                              run_history=False)
+    # Gradio checks FileData paths only once the Blocks "has launched", which mount_gradio_app never sets
+    # (gradio 6.x): set it so its own check runs too (the guard does not rely on it).
+    page.has_launched = True
+    app.add_middleware(RequestGuard, upload_dir=upload_dir, max_body_bytes=max_body_bytes)
+    return app
+
+
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+def _add_image_route(app, service) -> None:
+    """GET /images/{id}: an indexed image by its relative id (the only way gallery files are served)."""
+    from fastapi.responses import FileResponse, JSONResponse
+
+    rows = {rel: row for row, rel in enumerate(service.ids)}
+
+    async def image(request):
+        rel = request.path_params["id"]
+        path = service.root / rel if rel in rows else None
+        if path is None or not path.is_file():
+            return JSONResponse({"error": "no indexed image with that id"}, status_code=404)
+        return FileResponse(path, media_type=IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
+
+    app.add_route("/images/{id:path}", image, methods=["GET", "HEAD"])
 
 
 def serve(service, host: str = "127.0.0.1", port: int = 7860, **options) -> None:
