@@ -282,7 +282,7 @@ def test_default_serve_without_world_says_run_demo(tmp_path, monkeypatch):
     from zscir.search.defaults import ensure_world_index
 
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(ZscirError, match="run `zscir demo` first"):
+    with pytest.raises(ZscirError, match="run `zscir demo`"):
         ensure_world_index(progress=False)
     assert not os.path.exists(tmp_path / "cache" / "indexes")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.options import OPTIONS, add, add_hidden_alias
+from zscir.web.limits import MiB, ServerLimits
 
 HELP = "Serve a search page + JSON API on an index (no arguments: the synthetic world, after `zscir demo`)."
 
@@ -33,6 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, metavar="N", help="(default 7860)")
     add(parser, "examples", default=8, help="gallery images offered as examples")
+    limits = ServerLimits()
+    parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / MiB,
+                        help="largest request body in MiB (413 above; default %(default)g)")
+    parser.add_argument("--max-upload-mb", type=float, default=limits.max_upload_bytes / MiB,
+                        help="largest image upload in MiB (413 above; default %(default)g)")
+    parser.add_argument("--max-megapixels", type=float, default=limits.max_pixels / 1e6,
+                        help="largest decoded image in megapixels (400 above, checked before decoding; "
+                             "default %(default)g)")
+    parser.add_argument("--workers", type=int, default=limits.workers,
+                        help="threads running searches; image searches use at most workers-1 of them so text "
+                             "searches never wait behind a decode (default %(default)s)")
     add(parser, "device", default="cpu")
 
 
@@ -41,20 +53,26 @@ def run(args: argparse.Namespace) -> int:
     from zscir.search.service import load_service
     from zscir.web.app import serve
 
-    index, phi = args.index, args.phi
+    limits = ServerLimits(max_body_bytes=int(args.max_body_mb * MiB), max_upload_bytes=int(args.max_upload_mb * MiB),
+                          max_pixels=int(args.max_megapixels * 1e6), workers=args.workers)
+    index, phi, notice = args.index, args.phi, None
     if index is None:
-        from zscir.search.defaults import ensure_world_index, world_phi
+        from zscir.search.defaults import FAST_NOTICE, ensure_world_index, is_fast, served_world, world_phi
 
-        index = ensure_world_index()
-        if phi is None and world_phi() is not None:
-            phi = str(world_phi())
+        world = served_world()
+        index = ensure_world_index(world)
+        if phi is None and world_phi(world) is not None:
+            phi = str(world_phi(world))
+        if is_fast(world):
+            notice = FAST_NOTICE
+            print(f"note: {FAST_NOTICE}")
     service = load_service(index, phi=phi, text_encoder=args.text_encoder, template=args.template,
                            device=args.device, alpha=args.alpha)
     if args.generator:
         service.generator = _generator(args, service)
     print(f"serving {service.describe()['count']} images from {service.root} on http://{args.host}:{args.port} "
           f"(methods: {', '.join(service.methods)}; JSON API: POST /api/search)")
-    serve(service, host=args.host, port=args.port, examples=args.examples)
+    serve(service, host=args.host, port=args.port, examples=args.examples, limits=limits, notice=notice)
     return 0
 
 
