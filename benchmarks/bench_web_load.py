@@ -121,21 +121,27 @@ def _run(root: Path, config: str, clients: int, requests: int, oversized: int) -
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=url, timeout=300) as c:
+        with httpx.Client(base_url=url, timeout=600) as c:
             for _ in range(requests):
                 kind = "text" if rng.random() < 0.5 else "image"
                 start = time.perf_counter()
-                if kind == "text":
-                    answer = c.post("/api/search", json={"text": rng.choice(CAPTIONS), "method": "text", "k": 10})
-                else:
-                    ref = rng.choice(gallery)
-                    answer = c.post("/api/search", files={"image": (ref.name, ref.read_bytes(), "image/png")},
-                                    data={"text": rng.choice(CAPTIONS), "method": rng.choice(methods), "k": "10"})
+                try:
+                    if kind == "text":
+                        answer = c.post("/api/search", json={"text": rng.choice(CAPTIONS), "method": "text",
+                                                             "k": 10})
+                    else:
+                        ref = rng.choice(gallery)
+                        answer = c.post("/api/search", files={"image": (ref.name, ref.read_bytes(), "image/png")},
+                                        data={"text": rng.choice(CAPTIONS), "method": rng.choice(methods),
+                                              "k": "10"})
+                    error = None if answer.status_code == 200 else f"{answer.status_code} {answer.text[:80]}"
+                except httpx.HTTPError as exc:
+                    error = type(exc).__name__
                 elapsed = time.perf_counter() - start
                 with lock:
                     latencies[kind].append(elapsed)
-                    if answer.status_code != 200:
-                        errors.append(f"{answer.status_code} {answer.text[:80]}")
+                    if error is not None:
+                        errors.append(error)
 
     def attacker(what: str, send) -> None:
         start = time.perf_counter()
