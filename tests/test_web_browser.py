@@ -104,6 +104,29 @@ def _tiles(page) -> list[dict]:
     })""")
 
 
+def _colour_share(element, colour: str) -> float:
+    """Share of an element's screenshot pixels that have the colour of a circle (within 40 per channel)."""
+    import io
+
+    from PIL import Image, ImageColor
+
+    shot = Image.open(io.BytesIO(element.screenshot())).convert("RGB")
+    target = ImageColor.getrgb(colour)
+    pixels = list(shot.getdata())
+    return sum(all(abs(a - b) <= 40 for a, b in zip(p, target)) for p in pixels) / len(pixels)
+
+
+def _check_screenshot(page, count: int):
+    """On the rendered pixels: each image shows its circle, its caption shows none of it (nothing on top)."""
+    for i in range(count):
+        tile = page.locator("#results .zs-hit").nth(i)
+        colour = next(c for c in COLOURS if tile.get_attribute("data-id") == _name(c))
+        if colour == "gray":  # anti-aliased text is gray too
+            continue
+        assert _colour_share(tile.locator("img"), colour) > 0.05, colour
+        assert _colour_share(tile.locator("figcaption"), colour) < 0.005, colour
+
+
 def _check_tiles(tiles, width):
     for t in tiles:
         assert t["loaded"], t["src"]
@@ -126,6 +149,7 @@ def test_image_only_leaves_the_reference_out_and_captions_read_in_full(browser, 
     assert [t["score"] for t in tiles] == [f"similarity {h.score:.3f}" for h in expected]
     assert f"nested/{LONG}-purple.png" in [t["name"] for t in tiles]
     _check_tiles(tiles, 1280)
+    _check_screenshot(page, len(tiles))
     legend = page.locator("#results .zs-legend").inner_text()
     assert "cosine" in legend and "1 = the same direction" in legend
     header = page.locator("#header").inner_text()
@@ -147,6 +171,7 @@ def test_a_430px_wide_page_reflows_without_clipping(browser, server):
     tiles = _tiles(page)
     assert len(tiles) == 7
     _check_tiles(tiles, 430)
+    _check_screenshot(page, len(tiles))
     assert page.evaluate("document.documentElement.scrollWidth") <= 430
     page.screenshot(path=str(ARTIFACTS / "web_narrow.png"), full_page=True)
     page.close()

@@ -201,11 +201,14 @@ class RunningServer:
     server: object
     thread: threading.Thread
     url: str
+    app: object = None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask uvicorn to exit and wait for the thread."""
+        """Ask uvicorn to exit, wait for the thread, then stop the search workers."""
         self.server.should_exit = True
         self.thread.join(timeout)
+        if self.app is not None:
+            self.app.state.pool.close()
 
 
 def start_server(service, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0, **options) -> RunningServer:
@@ -226,8 +229,8 @@ def start_server(service, host: str = "127.0.0.1", port: int = 0, timeout: float
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(build_app(service, **options), log_level="warning")
-    server = uvicorn.Server(config)
+    app = build_app(service, **options)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -236,4 +239,4 @@ def start_server(service, host: str = "127.0.0.1", port: int = 0, timeout: float
             server.should_exit = True
             raise ZscirError(f"the search server did not start on {host}:{sock.getsockname()[1]}")
         time.sleep(0.05)
-    return RunningServer(server, thread, f"http://{host}:{sock.getsockname()[1]}")
+    return RunningServer(server, thread, f"http://{host}:{sock.getsockname()[1]}", app)
