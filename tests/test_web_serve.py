@@ -64,5 +64,5 @@ def test_serve_without_any_world_says_what_to_run(tmp_path, monkeypatch, capsys,
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
     assert main(["serve"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "run `zscir demo` (or `zscir demo --fast`) first" in err and len(err.splitlines()) == 1
+    assert "run `zscir demo` first (its fast variant is served too)" in err and len(err.splitlines()) == 1
     assert served == []

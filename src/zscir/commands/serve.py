@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=limits.max_pixels / 1e6,
                         help="largest decoded image in megapixels (400 above, checked before decoding; "
                              "default %(default)g)")
-    parser.add_argument("--workers", type=int, default=limits.workers,
+    parser.add_argument("--workers", type=int, default=limits.workers, metavar="N",
                         help="threads running searches; image searches use at most workers-1 of them so text "
                              "searches never wait behind a decode (default %(default)s)")
     add(parser, "device", default="cpu")

@@ -44,8 +44,8 @@ def served_world() -> Path:
             return folder
     full = world_dir(FULL_WORLD)
     raise ZscirError(f"the synthetic gallery and tiny CLIP are missing (looked in {full} and "
-                     f"{world_dir(FAST_WORLD)}): run `zscir demo` (or `zscir demo --fast`) first, "
-                     "or pass --index INDEX built with `zscir index`")
+                     f"{world_dir(FAST_WORLD)}): run `zscir demo` first (its fast variant is served too), "
+                     "or serve an index built with `zscir index`")
 
 
 def is_fast(world: Path) -> bool:
