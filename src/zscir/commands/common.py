@@ -149,20 +149,23 @@ def check_query_models(args: argparse.Namespace) -> None:
     check_runtime(getattr(args, "device", None), getattr(args, "dtype", None))
 
 
-def load_query_models(args: argparse.Namespace):
-    """(backbone with the text tower swapped in if given, phi or None) from `add_model_arguments`' options."""
+def load_query_models(args: argparse.Namespace, device: str | None = None):
+    """(backbone with the text tower swapped in if given, phi or None) from `add_model_arguments`' options.
+
+    `device` overrides `args.device` (this process's GPU under `accelerate launch`)."""
     from zscir.models.backbone import Backbone
     from zscir.models.phi import check_fits, load_inversion_network
 
     check_query_models(args)
-    backbone = Backbone.load(args.backbone, device=args.device, dtype=args.dtype)
+    device = device or args.device
+    backbone = Backbone.load(args.backbone, device=device, dtype=args.dtype)
     if args.text_encoder:
         from zscir.models.text_tower import load_text_tower
 
         backbone = backbone.with_text_tower(load_text_tower(args.text_encoder, like=backbone.text))
     phi = None
     if args.method == "phi":
-        phi = load_inversion_network(args.phi, device=args.device)
+        phi = load_inversion_network(args.phi, device=device)
         check_fits(phi, backbone)
     return backbone, phi
 
@@ -191,15 +194,27 @@ def empty_caption_notes(results) -> list[str]:
 
 
 def evaluate_from_args(args: argparse.Namespace, splits=None):
-    """Load data and models and run the evaluation; returns {split name: EvalResult}."""
-    from zscir.evaluation.runner import evaluate_splits
-    from zscir.retrieval.features import FeatureCache
+    """Load data and models and run the evaluation; returns {split name: EvalResult}.
 
+    Under `accelerate launch` every process encodes its share of the images into the feature cache; the
+    main process then evaluates alone and the others return None.
+    """
+    from zscir.evaluation.runner import encode_split_images, evaluate_splits
+    from zscir.retrieval.features import FeatureCache
+    from zscir.retrieval.shards import process_group
+
+    group, device = process_group(args.device)
     splits = splits if splits is not None else check_evaluation(args)
-    backbone, phi = load_query_models(args)
+    backbone, phi = load_query_models(args, device)
     cache = FeatureCache(args.cache_dir, enabled=not args.no_cache, content_hash=args.hash_images)
     options = dict(pad_to_ratio=1.25 if args.target_pad else None, circo_text=args.circo_text,
                    skip_missing=args.skip_missing, batch_size=args.batch_size)
+    if group.world > 1:
+        sharded = FeatureCache(args.cache_dir, enabled=not args.no_cache, content_hash=args.hash_images,
+                               group=group)
+        encode_split_images(backbone, splits, sharded, options)
+        if not group.is_main:
+            return None
     if getattr(args, "pseudo_targets", None):
         from zscir.generation.fusion import DEFAULT_SWEEP, evaluate_cig
 

@@ -39,13 +39,17 @@ def run(args: argparse.Namespace) -> int:
 
     from zscir.errors import ZscirError
     from zscir.evaluation.runner import format_table, summary_metrics
+    from zscir.retrieval.shards import launched_rank
     from zscir.utils.io import write_json_atomic
 
     splits = check_evaluation(args)  # every flag and path, before any model is loaded
     out = Path(args.output_dir or f"runs/evaluate/{args.dataset}-{args.split}-{args.method}")
-    (out / "metrics.json").unlink(missing_ok=True)  # never leave an older run's metrics beside this config
-    write_json_atomic(out / "config.json", resolved_config(args))
+    if launched_rank() == 0:  # under `accelerate launch` only the main process writes
+        (out / "metrics.json").unlink(missing_ok=True)  # never leave an older run's metrics beside this config
+        write_json_atomic(out / "config.json", resolved_config(args))
     results = evaluate_from_args(args, splits)
+    if results is None:  # a helper process of a sharded run: its images are in the cache
+        return 0
     table = summary_metrics(results)
     if not table:
         raise ZscirError(f"{args.dataset}/{args.split} has no targets; use `zscir submit` for test splits")

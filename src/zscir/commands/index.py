@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Index the folder; print one summary line plus the skipped files. Returns 0."""
     from zscir.models.backbone import Backbone
+    from zscir.retrieval.shards import process_group
     from zscir.search.indexer import index_folder
 
     existing_folder(args.images, "--images")
@@ -41,9 +42,12 @@ def run(args: argparse.Namespace) -> int:
     check_runtime(args.device, args.dtype)
     options = {"ivf": {"nlist": args.nlist, "nprobe": args.nprobe},
                "hnsw": {"m": args.hnsw_m, "ef_search": args.ef_search}}.get(args.backend, {})
-    backbone = Backbone.load(args.backbone, device=args.device, dtype=args.dtype, load_text=False)
+    group, device = process_group(args.device)  # under `accelerate launch`: one share of the images each
+    backbone = Backbone.load(args.backbone, device=device, dtype=args.dtype, load_text=False)
     report = index_folder(args.images, backbone, args.output_dir, backend=args.backend, chunk_size=args.chunk_size,
-                          batch_size=args.batch_size, workers=args.workers, index_options=options)
+                          batch_size=args.batch_size, workers=args.workers, index_options=options, group=group)
+    if not group.is_main:
+        return 0
     print(report.summary())
     for rel, reason in list(report.failed.items())[: args.examples]:
         print(f"skipped {rel}: {reason}")

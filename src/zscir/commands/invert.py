@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from zscir.errors import DataError
     from zscir.models.backbone import Backbone
     from zscir.retrieval.features import FeatureCache
+    from zscir.retrieval.shards import process_group
     from zscir.training.oti import META_NAME, OTIConfig, TokenStore, features_key, invert_to_store
 
     config = OTIConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
@@ -113,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
     check_runtime(args.device, args.dtype)
     check_concepts(args, config.phrase_weight)
     images = images_from_args(args)
-    backbone = Backbone.load(args.backbone, device=args.device, dtype=args.dtype)
+    group, device = process_group(args.device)  # under `accelerate launch`: the image encoding is sharded
+    backbone = Backbone.load(args.backbone, device=device, dtype=args.dtype)
     pad = 1.25 if args.target_pad else None
-    feats = FeatureCache(args.cache_dir).image_features(backbone, images, pad, desc="OTI image features")
+    feats = FeatureCache(args.cache_dir, group=group).image_features(backbone, images, pad, desc="OTI image features")
+    if not group.is_main:  # the main process optimises the tokens from the merged features
+        return 0
     if feats.failed:
         name, reason = next(iter(feats.failed.items()))
         raise DataError(f"{len(feats.failed)} image(s) could not be encoded, e.g. {name}: {reason}")

@@ -25,12 +25,16 @@ def run(args: argparse.Namespace) -> int:
 
     from zscir.errors import DataError
     from zscir.evaluation.submission import write_submission
+    from zscir.retrieval.shards import launched_rank
     from zscir.utils.io import write_json_atomic
 
     splits = check_evaluation(args)  # every flag and path, before any model is loaded
     out = Path(args.output_dir or f"runs/submit/{args.dataset}-{args.split}-{args.method}")
-    write_json_atomic(out / "config.json", resolved_config(args))
+    if launched_rank() == 0:
+        write_json_atomic(out / "config.json", resolved_config(args))
     results = evaluate_from_args(args, splits)
+    if results is None:  # a helper process of a sharded run
+        return 0
     for name, result in results.items():
         if result.dropped_queries:
             raise DataError(f"{name}: {result.dropped_queries} queries have a missing or undecodable reference; "

@@ -364,6 +364,25 @@ def evaluate_splits(backbone, splits: Sequence[CIRSplit], method: str, cache: Fe
             for s in splits}
 
 
+def encode_split_images(backbone, splits: Sequence[CIRSplit], cache: FeatureCache,
+                        evaluator_options: dict | None = None) -> None:
+    """Encode (and cache) the gallery and reference images of every split, e.g. across processes.
+
+    With a sharded `cache` (`FeatureCache(group=...)`) every process of the group must call this with the
+    same arguments; afterwards the main process evaluates from the cache alone.
+
+    Args:
+        backbone: a `Backbone`.
+        splits: from `load_benchmark`.
+        cache: the feature cache (its `group` decides the sharding).
+        evaluator_options: keyword arguments of `Evaluator` (pad_to_ratio, skip_missing, batch_size, ...).
+    Raises:
+        DataError: failed images without `skip_missing` (on every process alike).
+    """
+    for split in splits:
+        Evaluator(backbone, split, cache, **(evaluator_options or {})).features()
+
+
 def summary_metrics(results: dict[str, EvalResult]) -> dict[str, dict[str, float]]:
     """{split name: metrics}, plus "mean" over the splits when there are several (FashionIQ average)."""
     from zscir.evaluation.metrics import mean_metrics

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from zscir.errors import ZscirError
+from zscir.retrieval.shards import SINGLE, ProcessGroup
+
 CACHE_VERSION = 2  # 2: file stamps in the key
 INDEX_NAME = "index.json"
 
@@ -119,16 +122,22 @@ class FeatureCache:
         workers: threads that decode images while the model runs.
         progress: show tqdm bars (hidden when not a TTY).
         content_hash: stamp files by the SHA-256 of their bytes instead of (size, mtime, ctime).
+        group: the process group (`zscir.retrieval.shards.process_group`): under several processes each
+            encodes its share of the unfinished chunks and every process returns the merged result.
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, chunk_size: int = 1024, workers: int = 4,
-                 progress: bool = True, enabled: bool = True, content_hash: bool = False):
+                 progress: bool = True, enabled: bool = True, content_hash: bool = False,
+                 group: ProcessGroup = SINGLE):
         self.root = Path(cache_dir) if cache_dir is not None else default_feature_dir()
         self.chunk_size = max(1, int(chunk_size))
         self.workers = max(1, int(workers))
         self.progress = progress
         self.enabled = enabled
         self.content_hash = content_hash
+        self.group = group
+        if group.world > 1 and not enabled:
+            raise ZscirError("encoding across several processes needs the feature cache on disk (it is disabled)")
 
     # ---- keys ---------------------------------------------------------------------------------
     @staticmethod
@@ -188,26 +197,29 @@ class FeatureCache:
             if stored is None:
                 todo.append(c)
             else:
-                features[rows], valid[rows] = stored
+                features[rows], valid[rows] = stored[:2]
                 if not bool(stored[1].all()):
                     todo.append(c)  # retry the failed images of an otherwise finished chunk
         num_encoded = 0
-        if todo:
+        self.group.barrier()  # every process has scanned before any writes: all agree on `todo`
+        mine = self.group.share(todo)
+        if mine:
             from tqdm.auto import tqdm
 
-            total = sum(int((~valid[chunks[c]]).sum()) for c in todo)
+            total = sum(int((~valid[chunks[c]]).sum()) for c in mine)
             with tqdm(total=total, desc=desc, unit="img", disable=None if self.progress else True) as bar, \
                     ThreadPoolExecutor(self.workers) as pool:
-                for c in todo:
+                for c in mine:
                     rows = chunks[c]
                     pending = [i for i in range(rows.start, rows.stop) if not valid[i]]
+                    chunk_failed: dict[int, str] = {}
                     for start in range(0, len(pending), batch_size):
                         batch = pending[start : start + batch_size]
                         loaded = list(pool.map(_try_load, [paths[i] for i in batch]))
                         ok = [(i, im) for i, (im, _) in zip(batch, loaded) if im is not None]
                         for i, (_, reason) in zip(batch, loaded):
                             if reason is not None:
-                                failed[names[i]] = reason
+                                failed[names[i]] = chunk_failed[i - rows.start] = reason
                         if ok:
                             pixels = backbone.preprocess([im for _, im in ok], pad_to_ratio)
                             index = torch.tensor([i for i, _ in ok])
@@ -216,7 +228,15 @@ class FeatureCache:
                             num_encoded += len(ok)
                         bar.update(len(batch))
                     if folder is not None:
-                        self._write_chunk(folder, c, features[rows], valid[rows])
+                        self._write_chunk(folder, c, features[rows], valid[rows], chunk_failed)
+        if self.group.world > 1:  # merge: read the chunks the other processes wrote
+            self.group.barrier()
+            for c in set(todo) - set(mine):
+                rows = chunks[c]
+                stored = self._read_chunk(folder, c, rows.stop - rows.start, dim)
+                if stored is not None:
+                    features[rows], valid[rows] = stored[:2]
+                    failed.update({names[rows.start + int(i)]: r for i, r in stored[2].items()})
         for i in (~valid).nonzero().flatten().tolist():
             failed.setdefault(names[i], f"{paths[i]}: not encoded")
         return ImageFeatures(names, features, failed, num_encoded, key)
@@ -268,24 +288,30 @@ class FeatureCache:
         return folder / f"chunk-{self.chunk_size}-{c:05d}.safetensors"
 
     def _read_chunk(self, folder: Path, c: int, rows: int, dim: int):
-        from safetensors.torch import load_file
+        """(features [rows, dim], valid [rows], {row in chunk: failure reason}) or None (missing / unusable)."""
+        from safetensors import safe_open
 
         path = self._chunk_path(folder, c)
         if not path.is_file():
             return None
         try:
-            data = load_file(str(path))
-            feats, valid = data["features"], data["valid"].bool()
+            with safe_open(str(path), framework="pt") as f:
+                feats, valid = f.get_tensor("features"), f.get_tensor("valid").bool()
+                reasons = json.loads((f.metadata() or {}).get("failed", "{}"))
         except Exception:  # truncated / foreign file: recompute that chunk
             return None
         if tuple(feats.shape) != (rows, dim) or tuple(valid.shape) != (rows,):
             return None
-        return feats.float(), valid
+        return feats.float(), valid, reasons
 
-    def _write_chunk(self, folder: Path, c: int, feats: torch.Tensor, valid: torch.Tensor) -> None:
+    def _write_chunk(self, folder: Path, c: int, feats: torch.Tensor, valid: torch.Tensor,
+                     failed: Mapping[int, str] | None = None) -> None:
+        """One chunk file; `failed` = {row in chunk: reason} (kept so a merging process can report it)."""
         from safetensors.torch import save_file
 
         from zscir.utils.io import atomic_path
 
+        meta = {"failed": json.dumps({str(i): r for i, r in (failed or {}).items()})}
         with atomic_path(self._chunk_path(folder, c)) as tmp:
-            save_file({"features": feats.contiguous(), "valid": valid.to(torch.uint8).contiguous()}, str(tmp))
+            save_file({"features": feats.contiguous(), "valid": valid.to(torch.uint8).contiguous()}, str(tmp),
+                      metadata=meta)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from zscir.errors import DataError, ZscirError
+from zscir.retrieval.shards import SINGLE, ProcessGroup
 
 INDEX_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -194,6 +195,7 @@ def index_folder(
     progress: bool = True,
     index_options: dict | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    group: ProcessGroup = SINGLE,
 ) -> IndexReport:
     """Encode every image under `images_dir` (new or changed files only) and build a search index.
 
@@ -209,6 +211,9 @@ def index_folder(
         index_options: extra `build_index` options (nlist, nprobe, m, ef_search, ...).
         on_chunk: called with the number of chunks written so far after each chunk (tests use it to
             simulate an interruption).
+        group: the process group (`zscir.retrieval.shards.process_group`): each process encodes its share
+            of the new chunks; the main process merges them and builds the index, the others return a
+            report of their own share (count 0) without building anything.
     Returns:
         An IndexReport.
     Raises:
@@ -233,8 +238,6 @@ def index_folder(
     chunk_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(index_dir, recursive=True)  # chunk / snapshot / manifest temp files of a killed run
     records, tensors, stale = _read_chunks(chunk_dir, fingerprint)
-    for path in stale:  # chunks of other weights or damaged files: useless from now on
-        path.unlink(missing_ok=True)
 
     stamps: dict[str, list[int]] = {}
     failed: dict[str, str] = {}
@@ -247,15 +250,23 @@ def index_folder(
     reused = len(stamps) - len(todo)
 
     encoded = 0
-    if todo:
+    # chunk j of this run holds todo[j*chunk_size : (j+1)*chunk_size] and is named number + j, whichever
+    # process encodes it: the same batches as one process, so the same features bit for bit
+    number = _next_number(os.listdir(chunk_dir), CHUNK_RE)
+    parts = [(number + j, todo[s : s + chunk_size]) for j, s in enumerate(range(0, len(todo), chunk_size))]
+    group.barrier()  # every process has scanned the chunks before any new one appears
+    if group.is_main:
+        for path in stale:  # chunks of other weights or damaged files: useless from now on
+            path.unlink(missing_ok=True)
+    mine = group.share(parts)
+    if mine:
         from tqdm.auto import tqdm
 
-        number = _next_number(os.listdir(chunk_dir), CHUNK_RE)
         written = 0
-        with tqdm(total=len(todo), desc="index images", unit="img", disable=None if progress else True) as bar, \
+        total = sum(len(part) for _, part in mine)
+        with tqdm(total=total, desc="index images", unit="img", disable=None if progress else True) as bar, \
                 ThreadPoolExecutor(max(1, workers)) as pool:
-            for start in range(0, len(todo), chunk_size):
-                part = todo[start : start + chunk_size]
+            for chunk_number, part in mine:
                 rows, feats = [], []
                 for b in range(0, len(part), batch_size):
                     batch = part[b : b + batch_size]
@@ -267,16 +278,22 @@ def index_folder(
                         rows.extend(rel for rel, _ in ok)
                     bar.update(len(batch))
                 if rows:
-                    name = f"chunk-{number:06d}.safetensors"
+                    name = f"chunk-{chunk_number:06d}.safetensors"
                     features = torch.cat(feats)
                     _write_chunk(chunk_dir / name, features, rows, [stamps[r] for r in rows], fingerprint)
                     tensors[name] = features
                     records.update({rel: _Record(stamps[rel], name, i) for i, rel in enumerate(rows)})
-                    number += 1
                     encoded += len(rows)
                 written += 1
                 if on_chunk is not None:
                     on_chunk(written)
+    if group.world > 1:
+        shares = group.gather((encoded, failed))  # also waits for every process to finish its chunks
+        if not group.is_main:  # the main process merges and builds; this one only reports its share
+            return IndexReport(index_dir, 0, encoded, 0, 0, failed, backend)
+        encoded = sum(n for n, _ in shares)
+        failed = {rel: reason for _, share in shares for rel, reason in share.items()}
+        records, tensors, _ = _read_chunks(chunk_dir, fingerprint)  # the chunks of every process
 
     live = [rel for rel in files if rel in records and rel in stamps and rel not in failed]
     if not live:
