@@ -8,7 +8,7 @@ from zscir.commands.common import check_backbone, check_runtime, existing_folder
 from zscir.commands.options import REAL_BACKBONE, add, add_runtime_arguments
 
 HELP = "Index an image folder (recursive jpg/jpeg/png/webp) for `zscir search` / `zscir serve`; reruns add new files."
-BACKENDS = ("exact", "flat", "ivf", "hnsw")  # = zscir.retrieval.index.BACKENDS (kept light for --help)
+BACKENDS = ("exact", "flat", "ivf", "hnsw", "ivfpq")  # = zscir.retrieval.index BACKENDS + STREAMED_BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(parser, "output-dir", required=True, help="index folder (created; rerun to update it)")
     add(parser, "backbone", default=REAL_BACKBONE)
     parser.add_argument("--backend", choices=BACKENDS, default="exact",
-                        help="exact (torch), flat (FAISS exact), ivf or hnsw (FAISS approximate) (default exact)")
+                        help="exact (torch), flat (FAISS exact), ivf or hnsw (FAISS approximate), ivfpq (FAISS IVF-PQ "
+                        "on disk for galleries larger than memory, re-ranked exactly) (default exact)")
+    parser.add_argument("--memory-budget", default="4GB", metavar="SIZE",
+                        help="ivfpq: memory the build and the search may use; picks cells, code size and sample "
+                        "(default 4GB)")
+    parser.add_argument("--opq", action="store_true", help="ivfpq: OPQ rotation before the product quantizer")
     parser.add_argument("--nlist", type=int, default=None, metavar="N", help="IVF cells (default ≈ 4·sqrt(N))")
     parser.add_argument("--nprobe", type=int, default=8, metavar="N", help="IVF cells visited per query (default 8)")
     parser.add_argument("--hnsw-m", type=int, default=32, metavar="N", help="HNSW neighbours per node (default 32)")
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     check_backbone(args.backbone)
     check_runtime(args.device, args.dtype)
     options = {"ivf": {"nlist": args.nlist, "nprobe": args.nprobe},
-               "hnsw": {"m": args.hnsw_m, "ef_search": args.ef_search}}.get(args.backend, {})
+               "hnsw": {"m": args.hnsw_m, "ef_search": args.ef_search},
+               "ivfpq": {"memory_budget": args.memory_budget, "opq": args.opq}}.get(args.backend, {})
     group, device = process_group(args.device)  # under `accelerate launch`: one share of the images each
     backbone = Backbone.load(args.backbone, device=device, dtype=args.dtype, load_text=False)
     report = index_folder(args.images, backbone, args.output_dir, backend=args.backend, chunk_size=args.chunk_size,
@@ -49,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     if not group.is_main:
         return 0
     print(report.summary())
+    if args.backend == "ivfpq":
+        from zscir.search.indexer import read_manifest
+
+        p = read_manifest(args.out)["index_params"]
+        print(f"ivfpq: {p['spec']}, nprobe {p['nprobe']}, rerank {p['rerank']}: recall@{p['k']} {p['recall']:.3f} "
+              f"against exact search on {p['heldout']} held-out images ({p['latency_ms']} ms per query)")
     for rel, reason in list(report.failed.items())[: args.examples]:
         print(f"skipped {rel}: {reason}")
     if len(report.failed) > args.examples:

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from zscir.errors import ZscirError
 
-BACKENDS = ("exact", "flat", "ivf", "hnsw")
+BACKENDS = ("exact", "flat", "ivf", "hnsw")  # built in memory by build_index
+STREAMED_BACKENDS = ("ivfpq",)  # built on disk from a stream of blocks (zscir.retrieval.ivfpq.build_ivfpq)
 META_NAME = "index.json"
 CHUNK_ELEMENTS = 1 << 24  # exact search: query rows per matmul so that [rows, N] stays around this size
 
@@ -205,7 +206,7 @@ def load_index(folder: str | os.PathLike) -> Index:
     folder = Path(folder)
     meta = read_json(folder / META_NAME)
     backend = meta.get("backend")
-    if backend not in BACKENDS:
+    if backend not in BACKENDS + STREAMED_BACKENDS:
         raise ZscirError(f"{folder / META_NAME}: unknown backend {backend!r}")
     common = dict(backend=backend, dim=int(meta["dim"]), ntotal=int(meta["ntotal"]),
                   normalize=bool(meta.get("normalize", True)), params=dict(meta.get("params", {})))
@@ -216,6 +217,10 @@ def load_index(folder: str | os.PathLike) -> Index:
         if not path.is_file():
             raise ZscirError(f"{path}: missing (incomplete index folder)")
         return ExactIndex(**common, vectors=load_file(str(path))["vectors"])
+    if backend == "ivfpq":
+        from zscir.retrieval.ivfpq import load_ivfpq
+
+        return load_ivfpq(folder, common)
     faiss = require_faiss()
     path = folder / "index.faiss"
     if not path.is_file():

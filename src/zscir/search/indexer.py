@@ -133,26 +133,49 @@ class _Record:
     row: int
 
 
-def _read_chunks(chunk_dir: Path, fingerprint: str) -> tuple[dict[str, _Record], dict[str, torch.Tensor], list[Path]]:
-    """Records of every encoded file (a later chunk wins), the chunk tensors, and unusable chunk files."""
+class _ChunkFeatures:
+    """{chunk file name: [n, P] float32 features}, read on first use and kept for the last `keep` chunks only,
+    so that building from the chunks never holds every feature at once (indexes larger than memory)."""
+
+    def __init__(self, chunk_dir: Path, keep: int = 8):
+        from collections import OrderedDict
+
+        self.chunk_dir, self.keep, self._cache = chunk_dir, keep, OrderedDict()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            from safetensors import safe_open
+
+            with safe_open(str(self.chunk_dir / name), framework="pt") as f:
+                self[name] = f.get_tensor("features").float()
+        self._cache.move_to_end(name)
+        return self._cache[name]
+
+    def __setitem__(self, name: str, features: torch.Tensor) -> None:
+        self._cache[name] = features
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+
+
+def _read_chunks(chunk_dir: Path, fingerprint: str) -> tuple[dict[str, _Record], _ChunkFeatures, list[Path]]:
+    """Records of every encoded file (a later chunk wins), the chunk features (lazy), and unusable chunk files."""
     from safetensors import safe_open
 
     records: dict[str, _Record] = {}
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = _ChunkFeatures(chunk_dir)
     stale: list[Path] = []
     for path in sorted(chunk_dir.glob("chunk-*.safetensors")):
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                features = f.get_tensor("features")
+                rows = f.get_slice("features").get_shape()[0]
             paths, stamps = json.loads(meta["paths"]), json.loads(meta["stamps"])
         except Exception:  # truncated or foreign file: its images are simply encoded again
             stale.append(path)
             continue
-        if meta.get("fingerprint") != fingerprint or len(paths) != features.shape[0]:
+        if meta.get("fingerprint") != fingerprint or len(paths) != rows:
             stale.append(path)
             continue
-        tensors[path.name] = features.float()
         for row, (rel, stamp) in enumerate(zip(paths, stamps)):
             records[rel] = _Record(list(stamp), path.name, row)
     return records, tensors, stale
@@ -203,12 +226,14 @@ def index_folder(
         images_dir: folder scanned recursively for jpg / jpeg / png / webp files.
         backbone: a `zscir.models.backbone.Backbone` with a vision tower.
         index_dir: output folder (created; may already hold an earlier index of the same folder).
-        backend: "exact", "flat", "ivf" or "hnsw" (`zscir.retrieval.index.build_index`).
+        backend: "exact", "flat", "ivf" or "hnsw" (`zscir.retrieval.index.build_index`), or "ivfpq" (on disk,
+            streamed from the chunks, re-ranked exactly: `zscir.retrieval.ivfpq.build_ivfpq`).
         chunk_size: images per chunk file (the unit that survives an interruption).
         batch_size: images per forward pass.
         workers: threads decoding images.
         progress: show a tqdm bar (hidden when not a TTY).
-        index_options: extra `build_index` options (nlist, nprobe, m, ef_search, ...).
+        index_options: extra `build_index` options (nlist, nprobe, m, ef_search, ...) or `build_ivfpq` ones
+            (memory_budget, opq, ...).
         on_chunk: called with the number of chunks written so far after each chunk (tests use it to
             simulate an interruption).
         group: the process group (`zscir.retrieval.shards.process_group`): each process encodes its share
@@ -219,12 +244,13 @@ def index_folder(
     Raises:
         ZscirError: missing folder, no images, no readable image, unknown backend.
     """
-    from zscir.retrieval.index import BACKENDS, build_index
+    from zscir.retrieval.index import BACKENDS, STREAMED_BACKENDS, build_index
     from zscir.utils.io import remove_stale_temps, write_json_atomic
 
     images_dir, index_dir = Path(images_dir).expanduser(), Path(index_dir).expanduser()
-    if backend not in BACKENDS:
-        raise ZscirError(f"unknown index backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    known = BACKENDS + STREAMED_BACKENDS
+    if backend not in known:
+        raise ZscirError(f"unknown index backend {backend!r}; expected one of {', '.join(known)}")
     if not images_dir.is_dir():
         raise ZscirError(f"image folder {images_dir} does not exist or is not a folder")
     files = list_images(images_dir, exclude=index_dir)
@@ -299,17 +325,25 @@ def index_folder(
     if not live:
         raise ZscirError(f"none of the {len(files)} images under {images_dir} could be read "
                          f"(e.g. {next(iter(failed.values()), '?')})")
-    vectors = torch.stack([tensors[records[rel].chunk][records[rel].row] for rel in live])  # [N, P]
     previous = _previous_paths(index_dir)
     removed = len(previous - set(files)) if previous is not None else 0
 
-    index = build_index(vectors, backend=backend, **(index_options or {}))
     snapshot = f"snapshot-{_next_number(os.listdir(index_dir), SNAPSHOT_RE):06d}"
-    index.save(index_dir / snapshot)
+    dim = backbone.projection_dim
+    if backend in STREAMED_BACKENDS:  # on disk, from the chunks block by block: never N x P in memory
+        from zscir.retrieval.ivfpq import build_ivfpq
+
+        blocks = (torch.stack([tensors[records[rel].chunk][records[rel].row] for rel in live[s : s + 4096]])
+                  for s in range(0, len(live), 4096))
+        index = build_ivfpq(blocks, index_dir / snapshot, len(live), dim, progress=progress, **(index_options or {}))
+    else:
+        vectors = torch.stack([tensors[records[rel].chunk][records[rel].row] for rel in live])  # [N, P]
+        index = build_index(vectors, backend=backend, **(index_options or {}))
+        index.save(index_dir / snapshot)
     write_json_atomic(index_dir / snapshot / IDS_NAME, live, indent=None)
     write_json_atomic(index_dir / MANIFEST_NAME, {
         "version": INDEX_VERSION, "backbone": _portable_name(backbone.name), "vision_fingerprint": fingerprint,
-        "dim": int(vectors.shape[1]), "count": len(live), "backend": backend, "index_params": index.params,
+        "dim": dim, "count": len(live), "backend": backend, "index_params": index.params,
         "images_root": str(images_dir.resolve()), "snapshot": snapshot, "failed": failed,
     })
     _cleanup(index_dir, snapshot, chunk_dir, {records[rel].chunk for rel in live})
