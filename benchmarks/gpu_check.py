@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         captions = [" ".join(WORDS[i % len(WORDS)] for i in range(j, j + 8)) for j in range(256)]
         steps = 20
         config = LinCIRConfig(max_steps=steps, batch_size=s.batch, mixed_precision=half, cpu=not cuda,
-                              tensorboard=False, progress=False, checkpoint_every=10**6)
+                              report_to="none", progress=False, checkpoint_every=10**6)
         shutil.rmtree(work / "lincir", ignore_errors=True)  # a fresh run each time (not a resume)
         train_lincir(backbone, captions, config, work / "lincir")
         return steps, {"batch": s.batch}
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
                             f"a {words[(i + 5) % 9]} {words[(i + 3) % 9]}") for i in range(512)]
         steps = 50
         config = RTDConfig(max_steps=steps, batch_size=s.batch, mixed_precision=half, cpu=not cuda,
-                           tensorboard=False, progress=False, checkpoint_every=10**6)
+                           report_to="none", progress=False, checkpoint_every=10**6)
         shutil.rmtree(work / "rtd", ignore_errors=True)
         train_rtd(backbone, phi, triplets, config, work / "rtd")
         return steps, {"batch": s.batch}
