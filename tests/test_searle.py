@@ -299,7 +299,9 @@ def test_searle_oti_as_a_retrieval_method_on_the_world(tiny_backbone, bank, tmp_
 # ---- Phi distillation ---------------------------------------------------------------------------
 
 
-def test_contrastive_loss_matches_definition():
+def test_cross_modal_loss_matches_definition():
+    """The cross-modal option (negatives only from the other set); the official NT-Xent default is checked
+    against its own slow reference in test_losses.py."""
     from zscir.training.searle import contrastive_loss
 
     v, t = _embeds(5, 7, seed=3), _embeds(5, 7, seed=4)
@@ -309,7 +311,7 @@ def test_contrastive_loss_matches_definition():
     rows = [-sims[i][i] + math.log(sum(math.exp(s) for s in sims[i])) for i in range(5)]
     cols = [-sims[j][j] + math.log(sum(math.exp(sims[i][j]) for i in range(5))) for j in range(5)]
     expected = 0.5 * (sum(rows) / 5 + sum(cols) / 5)
-    assert float(contrastive_loss(v, t, 0.25)) == pytest.approx(expected, rel=1e-5)
+    assert float(contrastive_loss(v, t, 0.25, kind="cross-modal")) == pytest.approx(expected, rel=1e-5)
 
 
 def _distill_config(out, steps, resume=False, **extra):

@@ -27,11 +27,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from zscir.demo.pipeline import DemoConfig, run_demo
+    from zscir.models.backbone import library_bars_only_on_a_terminal
     from zscir.registry import default_cache_dir
 
     config = DemoConfig(cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), fast=args.fast,
                         skip=tuple(args.skip), out_dir=Path(args.output_dir) if args.output_dir else None,
                         seed=args.seed,
                         seeds=args.seeds, train_clip=args.train_clip)
-    run_demo(config)
+    with library_bars_only_on_a_terminal():
+        run_demo(config)
     return 0

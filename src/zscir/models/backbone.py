@@ -42,6 +42,26 @@ def _hub_error(source: str, exc: Exception) -> ModelLoadError:
 
 
 @contextlib.contextmanager
+def library_bars_only_on_a_terminal():
+    """transformers' own progress bars (e.g. "Writing model shards") only when stderr is a terminal, so that
+    logs and CI output hold zscir's lines, not bar redraws."""
+    import sys
+
+    if sys.stderr.isatty():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def quiet_transformers():
     """Silence transformers' per-load reports and weight-loading bars (loading one tower from a full CLIP
     folder lists every key of the other tower as "unexpected", which is expected here)."""
