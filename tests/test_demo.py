@@ -41,10 +41,12 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     assert set(results["calibration"]["pseudo_token"]) == {"LinCIR", "SEARLE"}
     assert {c["name"] for c in results["acceptance"]} >= {"text only > image only (CIRR R@1)"}
     assert "Orderings of the published tables that hold on this run" in printed
+    assert "world CLIP (shipped weights): ready in" in printed and "reused from the cache" not in printed
 
     # two seeds: seed 0 is reused stage by stage, seed 1 is a new world; mean ± std per row
     assert main(["demo", "--fast", "--cache-dir", str(tmp_path), "--skip", "searle", "cig", "--seeds", "2"]) == 0
     again = json.loads((tmp_path / "demo-results-fast" / "results.json").read_text())
+    assert "world CLIP (shipped weights): reused from the cache" in capsys.readouterr().out
     assert again["per_seed"]["0"]["seconds"]["clip"] < results["seconds"]["clip"]  # reused, not retrained
     for label in ("image only", "LinCIR (Phi trained here)", "LinCIR + RTD"):
         assert again["per_seed"]["0"]["rows"][label] == results["rows"][label]

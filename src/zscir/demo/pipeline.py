@@ -159,9 +159,10 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
         _say(f"synthetic world (seed {seed}) → {world / 'data'}")
         manifest = build_world_data(world, seed, asdict(WorldSizes.small()) if config.fast else None)
     with timer("clip"):
-        _say("world CLIP: " + ("training from scratch" if config.train_clip else "shipped weights") +
-             " (reused if already there)")
+        source = "trained from scratch" if config.train_clip else "shipped weights"
         clip_dir, clip_report = world_clip(Path(config.cache_dir), config.fast, config.train_clip, config.progress)
+        _say(f"world CLIP ({source}): " + ("reused from the cache" if clip_report.get("reused") else
+                                          f"ready in {clip_report.get('seconds', 0):.0f} s") + f" → {clip_dir}")
     backbone = Backbone.load(str(clip_dir))
     cache = FeatureCache(world / "features", progress=config.progress)
     data = world / "data"

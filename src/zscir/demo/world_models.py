@@ -83,7 +83,8 @@ def world_clip(cache_dir: Path, fast: bool = False, train: bool = False, progres
         fast: with `train`, a seconds-long smoke recipe.
         train: train from scratch (`zscir demo --train-clip`) instead of using the shipped weights.
     Returns:
-        (folder loadable with `Backbone.load`, report {"source", "seconds", "train_log"}).
+        (folder loadable with `Backbone.load`, report {"source", "seconds", "train_log"}, plus "reused": True
+        when the folder was already complete and nothing was unpacked or trained).
     """
     if not train and not (SHIPPED_CLIP / "model.safetensors").is_file():
         train = True  # a checkout without the shipped weights trains its own
@@ -94,7 +95,7 @@ def world_clip(cache_dir: Path, fast: bool = False, train: bool = False, progres
     else:
         settings = {"source": "shipped", "weights": _file_digest(SHIPPED_CLIP / "model.safetensors")}
     if stage_done(folder, settings):
-        return folder, stage_report(folder)
+        return folder, {**stage_report(folder), "reused": True}
     tmp = folder.parent / ".synthetic-clip.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
