@@ -66,3 +66,19 @@ def test_serve_without_any_world_says_what_to_run(tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err.strip()
     assert "run `zscir demo` first (its fast variant is served too)" in err and len(err.splitlines()) == 1
     assert served == []
+
+
+def test_serve_after_demo_fast_with_the_shipped_clip_in_the_full_world_folder(tmp_path, monkeypatch, tiny_clip_dir,
+                                                                              served):
+    """The layout `zscir demo --fast` really leaves: the fast world's gallery in world-fast/, and the shipped
+    world CLIP unpacked once into world/synthetic-clip (no full-world gallery)."""
+    from zscir.cli import main
+    from zscir.search.defaults import FAST_NOTICE
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ZSCIR_CACHE", str(cache))
+    _world(cache, "world-fast", tiny_clip_dir, images=3)
+    shutil.move(cache / "world-fast" / "synthetic-clip", cache / "world" / "synthetic-clip")
+    assert main(["serve", "--port", "0"]) == 0
+    [(service, options)] = served
+    assert service.describe()["count"] == 3 and options["notice"] == FAST_NOTICE

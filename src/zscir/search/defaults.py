@@ -1,7 +1,8 @@
 """Offline defaults of the search service: the synthetic world's gallery and tiny models built by `zscir demo`.
 
     {cache}/world/data/cirr/dev/       gallery served by `zscir serve` without arguments (CIRR-style val images)
-    {cache}/world/synthetic-clip/      the tiny CLIP (registered backbone `synthetic-clip`)
+    {cache}/world/synthetic-clip/      the tiny CLIP (registered backbone `synthetic-clip`; the fast world uses
+                                       it too unless it trained its own)
     {cache}/world/phi/                 the tiny Phi trained on the world (optional: without it the page
                                        offers the image / text / sum methods)
     {cache}/indexes/world-cirr-dev/    the index built on first use
@@ -32,6 +33,13 @@ def world_dir(name: str = FULL_WORLD) -> Path:
     return default_cache_dir() / name
 
 
+def world_backbone(world: Path) -> Path:
+    """The tiny CLIP of a world: its own folder when it trained one (`zscir demo --fast --train-clip`), else the
+    shipped world CLIP that every demo run unpacks into `{cache}/world/synthetic-clip`."""
+    own = world / WORLD_BACKBONE
+    return own if own.is_dir() else world_dir(FULL_WORLD) / WORLD_BACKBONE
+
+
 def served_world() -> Path:
     """The world `zscir serve` uses: the full demo's when it was built, else the fast demo's.
 
@@ -40,7 +48,7 @@ def served_world() -> Path:
     """
     for name in (FULL_WORLD, FAST_WORLD):
         folder = world_dir(name)
-        if folder.joinpath(*WORLD_GALLERY).is_dir() and (folder / WORLD_BACKBONE).is_dir():
+        if folder.joinpath(*WORLD_GALLERY).is_dir() and world_backbone(folder).is_dir():
             return folder
     full = world_dir(FULL_WORLD)
     raise ZscirError(f"the synthetic gallery and tiny CLIP are missing (looked in {full} and "
@@ -86,7 +94,7 @@ def ensure_world_index(world: Path | None = None, progress: bool = True) -> Path
     index_dir = default_index_dir(world)
     if (index_dir / MANIFEST_NAME).is_file():
         return index_dir
-    gallery, clip = world_gallery(world), world / WORLD_BACKBONE
+    gallery, clip = world_gallery(world), world_backbone(world)
     for needed, what in ((gallery, "synthetic gallery"), (clip, "tiny CLIP")):
         if not needed.exists():
             raise ZscirError(f"the {what} is missing ({needed}): run `zscir demo` first, "
