@@ -40,6 +40,7 @@ from zscir.generation.conditioning import (
 )
 from zscir.generation.options import SCHEDULERS, GenerationConfig  # noqa: F401  (re-exported)
 from zscir.utils.io import remove_stale_temps
+from zscir.utils.terminal import bars_only_on_a_terminal
 
 MANIFEST = "manifest.json"
 IMAGE_SUFFIX = ".png"
@@ -79,23 +80,11 @@ def quiet_dtype_warning():
         yield
 
 
-@contextlib.contextmanager
 def quiet_loading_bars():
     """No diffusers loading bars ("Loading pipeline components...") when stderr is not a terminal (logs, CI)."""
-    import sys
-
     from diffusers.utils import logging as diffusers_logging
 
-    if sys.stderr.isatty():
-        yield
-        return
-    was_on = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            diffusers_logging.enable_progress_bar()
+    return bars_only_on_a_terminal(diffusers_logging)
 
 
 def load_component(cls, source: str | Path, subfolder: str, dtype, pipeline: bool = False):

@@ -19,6 +19,7 @@ from PIL import Image
 from zscir.errors import ModelLoadError
 from zscir.models.pseudo_tokens import PseudoTokenOutput, encode_with_pseudo_tokens, end_of_text_positions
 from zscir.models.tokenizer import pseudo_token_id
+from zscir.utils.terminal import bars_only_on_a_terminal
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -41,24 +42,12 @@ def _hub_error(source: str, exc: Exception) -> ModelLoadError:
     )
 
 
-@contextlib.contextmanager
 def library_bars_only_on_a_terminal():
     """transformers' own progress bars (e.g. "Writing model shards") only when stderr is a terminal, so that
     logs and CI output hold zscir's lines, not bar redraws."""
-    import sys
-
-    if sys.stderr.isatty():
-        yield
-        return
     from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    return bars_only_on_a_terminal(hf_logging)
 
 
 @contextlib.contextmanager
