@@ -139,3 +139,17 @@ def test_hub_ids_are_split_into_repo_and_file(tmp_path, monkeypatch):
     calls.clear()
     assert load_inversion_network(zoo.resolve_phi("someone/zscir-phi")).config["output_dim"] == H
     assert calls == [("someone/zscir-phi", "config.json"), ("someone/zscir-phi", "model.safetensors")]
+
+
+def test_load_inversion_network_takes_zoo_names_and_hub_ids(tmp_path, monkeypatch):
+    """`--phi NAME` / `--phi owner/repo` reach the loader itself, not only `resolve_phi`."""
+    from zscir.models.phi import save_pretrained
+
+    folder = save_pretrained(Phi(P, H, D), tmp_path / "folder")
+    save_published_phi(Phi(P, H, D), tmp_path / "zoo.pt")
+    monkeypatch.setattr(zoo, "fetch_from_hub", lambda spec: folder if spec == "someone/zscir-phi" else None)
+    monkeypatch.setattr(zoo, "fetch", lambda entry: tmp_path / "zoo.pt")
+    assert load_inversion_network("someone/zscir-phi").config["output_dim"] == H
+    assert load_inversion_network("searle-vit-b32").config["input_dim"] == P
+    with pytest.raises(ModelLoadError, match="no such file or folder"):
+        load_inversion_network(tmp_path / "missing.pt")

@@ -296,11 +296,14 @@ def load_inversion_network(path: str | Path, device: str | torch.device = "cpu")
 
     Args:
         path: a zscir folder (config.json + model.safetensors), a published `{'Phi': ...}` file, or a
-            Pic2Word checkpoint with `state_dict_img2text`.
+            Pic2Word checkpoint with `state_dict_img2text`; or, when no such path exists, a zoo name
+            (`searle-vit-b32`, ...) or a hub id (`owner/repo`, `owner/repo/file.pt`), see `zscir.models.zoo`.
     Raises:
         ModelLoadError: missing file or unrecognised content (the message names what was found).
     """
-    path = Path(path)
+    from zscir.models.zoo import resolve_phi
+
+    path = resolve_phi(path)
     if path.is_dir():
         config_path = path / CONFIG_NAME
         if not config_path.is_file():
