@@ -314,3 +314,54 @@ def test_empty_captions_are_composed_and_counted_in_submit_and_evaluate(phi_file
     assert saved["queries"]["fashioniq/toptee/val"] == 4
     assert saved["empty_caption_queries"] == {"fashioniq/dress/val": 0, "fashioniq/shirt/val": 0,
                                               "fashioniq/toptee/val": 1}
+
+
+def test_submit_with_pseudo_targets_fuses_with_the_published_alpha(benchmarks, phi_file, tiny_clip_dir,
+                                                                   tiny_backbone, tmp_path, capsys):
+    """`zscir submit --pseudo-targets DIR`: CIRR test is fused with α 0.5 (lan-lw/ComposedImageGen
+    SEARLE_CIG/src/generate_test_submission.py) unless --alpha is given; the files equal ranking the fused queries."""
+    from zscir.evaluation.submission import write_submission
+    from zscir.generation.cig import image_path
+    from zscir.generation.fusion import pseudo_target_queries
+    from zscir.models.phi import load_inversion_network
+
+    root = benchmarks["cirr"]
+    split = load_benchmark("cirr", root, "test")[0]
+    pseudo = tmp_path / "pseudo"
+    for i, q in enumerate(split.queries):
+        _png(image_path(pseudo, q.query_id), seed=900 + i)
+
+    def submit(name, *extra):
+        return main(["submit", "--dataset", "cirr", "--root", str(root), "--backbone", str(tiny_clip_dir),
+                     "--method", "phi", "--phi", str(phi_file), "--pseudo-targets", str(pseudo), "--cache-dir",
+                     str(tmp_path / "cache"), "--out", str(tmp_path / name), *extra])
+
+    assert submit("published") == 0
+    assert "CIG: alpha 0.5 (published for cirr test)" in capsys.readouterr().out
+    assert submit("given", "--alpha", "0.9") == 0
+    assert "CIG: alpha 0.9 (--alpha)" in capsys.readouterr().out
+
+    ev = Evaluator(tiny_backbone, split, FeatureCache(tmp_path / "cache2", progress=False))
+    fused = pseudo_target_queries(ev, load_inversion_network(phi_file), pseudo)
+    for alpha, name in ((0.5, "published"), (0.9, "given")):
+        expected = write_submission(split, fused.fuse(alpha) @ ev.gallery_features().T, tmp_path / f"hand-{name}")
+        for path in expected:
+            assert json.loads(path.read_text()) == json.loads((tmp_path / name / path.name).read_text()), (name, path)
+    plain = write_submission(split, fused.fuse(1.0) @ ev.gallery_features().T, tmp_path / "plain")[0]
+    assert json.loads(plain.read_text()) != json.loads((tmp_path / "published" / plain.name).read_text())
+
+
+def test_a_pic2word_checkpoint_composes_with_its_own_prompt_by_default(benchmarks, tiny_backbone, tmp_path):
+    from zscir.compose import TEMPLATES
+    from zscir.models.phi import Pic2WordMapper
+
+    torch.manual_seed(4)
+    net = Pic2WordMapper(tiny_backbone.projection_dim, tiny_backbone.hidden_size).eval()
+    split = load_benchmark("cirr", benchmarks["cirr"], "val")[0]
+    ev = Evaluator(tiny_backbone, split, FeatureCache(tmp_path / "cache", progress=False))
+    with torch.no_grad():
+        tokens = net(ev.reference_features())
+    by_hand = compose_queries(tiny_backbone, tokens, [q.captions for q in split.queries],
+                              PromptTemplate(TEMPLATES["pic2word"]))
+    torch.testing.assert_close(ev.query_vectors("phi", phi=net), by_hand, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ev.query_vectors("phi", phi=net, template="default"), by_hand)

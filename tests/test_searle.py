@@ -153,9 +153,9 @@ def _tiny_lm():
 
 def test_lm_phrases_with_a_tiny_random_gpt2():
     model, tokenizer = _tiny_lm()
-    both = generate_phrases(model, tokenizer, ["circle", "red circle"], num_phrases=6, max_new_tokens=6,
+    both = generate_phrases(model, tokenizer, ["circle", "red circle"], num_phrases=6, max_length=12,
                             progress=False)
-    alone = generate_phrases(model, tokenizer, ["red circle"], num_phrases=6, max_new_tokens=6, progress=False)
+    alone = generate_phrases(model, tokenizer, ["red circle"], num_phrases=6, max_length=12, progress=False)
     assert both["red circle"] == alone["red circle"]  # per-concept seeds: independent of the other concepts
     for concept, phrases in both.items():
         assert phrases, concept
@@ -164,6 +164,23 @@ def test_lm_phrases_with_a_tiny_random_gpt2():
             assert "." not in p and "<eos>" not in p
             assert mask_concept(p, concept).startswith("a photo of $ that")
     assert any(len(p.split()) > 4 + len("red circle".split()) for p in both["red circle"])  # it did generate
+
+
+def test_lm_phrase_defaults_are_the_official_script_and_no_bigram_repeats():
+    """miccunifi/SEARLE src/gpt_phrases_generation.py: max_length 35, 256 sequences, temperature 0.5,
+    no_repeat_ngram_size 2 (top_k unset there: transformers' 50)."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(generate_phrases).parameters.items()}
+    assert (defaults["max_length"], defaults["num_phrases"], defaults["temperature"],
+            defaults["no_repeat_ngram_size"], defaults["top_k"]) == (35, 256, 0.5, 2, 50)
+    model, tokenizer = _tiny_lm()
+    phrases = generate_phrases(model, tokenizer, ["circle"], num_phrases=16, max_length=30, progress=False)["circle"]
+    assert phrases
+    for p in phrases:  # the word-level tokenizer: words are tokens, so no word bigram may repeat
+        words = p.split()
+        bigrams = list(zip(words, words[1:]))
+        assert len(set(bigrams)) == len(bigrams), p
 
 
 # ---- OTI --------------------------------------------------------------------------------------
@@ -317,9 +334,24 @@ def test_cross_modal_loss_matches_definition():
 def _distill_config(out, steps, resume=False, **extra):
     from zscir.training.searle import SearleConfig
 
-    settings = dict(output_dir=str(out), max_steps=steps, batch_size=4, checkpoint_every=2, top_k=2, resume=resume,
-                    report_to="none", progress=False)
+    settings = dict(output_dir=str(out), max_steps=steps, epochs=None, batch_size=4, checkpoint_every=2, top_k=2,
+                    resume=resume, report_to="none", progress=False)
     return SearleConfig(**{**settings, **extra})
+
+
+def test_searle_counts_the_official_epochs_unless_steps_are_asked_for(tmp_path):
+    """Default: 100 epochs (miccunifi/SEARLE src/train_phi.py --num-epochs 100); max_steps given alone (file,
+    --set or flag) counts steps, also over a recipe's epochs; both given: epochs win (steps derived)."""
+    from zscir.training.config import SearleConfig, load_config
+
+    assert SearleConfig().epochs == 100 and load_config(SearleConfig).epochs == 100
+    assert SearleConfig().steps_for(1000) == 100 * (1000 // 256)
+    assert load_config(SearleConfig, overrides={"max_steps": 5}).epochs is None
+    assert load_config(SearleConfig, overrides={"max_steps": 5}, base={"epochs": 3}).epochs is None
+    assert load_config(SearleConfig, overrides={"lr": 1e-3}, base={"epochs": 3}).epochs == 3
+    assert load_config(SearleConfig, overrides={"max_steps": 5, "epochs": 2}).epochs == 2
+    (tmp_path / "c.yaml").write_text("max_steps: 7\n")
+    assert load_config(SearleConfig, tmp_path / "c.yaml").epochs is None
 
 
 def test_distillation_resumes_exactly(tiny_backbone, bank, tmp_path):

@@ -218,10 +218,25 @@ def evaluate_from_args(args: argparse.Namespace, splits=None):
     if getattr(args, "pseudo_targets", None):
         from zscir.generation.fusion import DEFAULT_SWEEP, evaluate_cig
 
-        sweep = None if args.alpha_sweep is None else (args.alpha_sweep or DEFAULT_SWEEP)
-        return evaluate_cig(splits, backbone, phi, cache, options, args.pseudo_targets, args.alpha, sweep,
+        sweep_values = getattr(args, "alpha_sweep", None)
+        sweep = None if sweep_values is None else (sweep_values or DEFAULT_SWEEP)
+        alpha, source = cig_alpha_of(args)
+        print(f"CIG: alpha {alpha:g} ({source})")
+        return evaluate_cig(splits, backbone, phi, cache, options, args.pseudo_targets, alpha, sweep,
                             template=args.template)
     return evaluate_splits(backbone, splits, args.method, cache, options, phi=phi, template=args.template)
+
+
+def cig_alpha_of(args: argparse.Namespace) -> tuple[float, str]:
+    """(α, where it comes from): --alpha, else the published α of --dataset/--split (`zscir.recipes.cig_alpha`)."""
+    from zscir.recipes import cig_alpha, published_cig_alpha
+
+    if args.alpha is not None:
+        return args.alpha, "--alpha"
+    alpha = cig_alpha(args.dataset, args.split)
+    if published_cig_alpha(args.dataset, args.split) is not None:
+        return alpha, f"published for {args.dataset} {args.split}"
+    return alpha, f"no published value for {args.dataset} {args.split}: the CIRR val one"
 
 
 # ---------------------------------------------------------------------------------------------

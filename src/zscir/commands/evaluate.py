@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.common import check_evaluation, empty_caption_notes, evaluate_from_args, resolved_config
-from zscir.commands.options import add, add_evaluation_arguments
+from zscir.commands.options import add, add_cig_arguments, add_evaluation_arguments
 
 HELP = "Evaluate a method (image, text, sum, phi) on CIRR, FashionIQ or CIRCO; write metrics and config."
 
@@ -17,13 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
     add(parser, "output-dir", help="folder for metrics.json and config.json "
         "(default: runs/evaluate/<dataset>-<split>-<method>)")
-    cig = parser.add_argument_group("CIG pseudo targets (method phi; see zscir.generation.fusion)")
-    cig.add_argument("--pseudo-targets", default=None, metavar="DIR",
-                     help="folder written by `zscir generate`: fuse each query with its pseudo target's query")
-    cig.add_argument("--alpha", type=float, default=0.85, metavar="X",  # = generation.fusion.DEFAULT_ALPHA
-                     help="weight of the reference query: q = norm(a*f_ref + (1-a)*f_gen) (default 0.85; 1 = plain)")
-    cig.add_argument("--alpha-sweep", type=float, nargs="*", default=None, metavar="X",
-                     help="also print metrics for each alpha (no values: 0.50..1.00 by 0.05); choose on val")
+    add_cig_arguments(parser, sweep=True)
 
 
 def dropped_note(results) -> list[str]:

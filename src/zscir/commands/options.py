@@ -22,6 +22,8 @@ DTYPES = ("fp32", "fp16", "bf16")
 METHOD_NAMES = ("phi", "image", "text", "sum")  # = zscir.evaluation.runner.METHODS (kept light for --help)
 REAL_BACKBONE = "ViT-L/14"  # the default backbone of commands that read real images (SDXL's tower 1 too)
 TEMPLATES_PLACEHOLDER = "{templates}"  # expanded by HelpFormatter with the registered template names
+# the default of a query's --template: zscir.prompts.METHOD_TEMPLATES (each network kind its own method's prompt)
+NETWORK_TEMPLATE = " (default: the network's own method's: pic2word for a Pic2Word checkpoint, else default)"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,15 @@ OPTIONS: dict[str, Option] = {
     "generator": _opt("--generator", metavar="NAME", help="SDXL pipeline folder or hub id"),
     "unet": _opt("--unet", aliases=("--generator-unet",), metavar="DIR",
                  help="fine-tuned generator UNet (folder from `zscir train-generator`)"),
+    # CIG fusion (evaluate, submit, serve)
+    "pseudo-targets": _opt("--pseudo-targets", metavar="DIR",
+                           help="folder written by `zscir generate`: fuse each query with its pseudo target's query"),
+    "alpha": _opt("--alpha", type=float, metavar="X",
+                  help="weight of the reference query: q = norm(a*f_ref + (1-a)*f_gen), 1 = plain; default: the "
+                  "published value of the benchmark split (CIRR test 0.5, CIRCO test 0.7, CIRR val 0.85, "
+                  "FashionIQ 0.9; zscir.recipes.CIG_ALPHA), else the CIRR val one"),
+    "alpha-sweep": _opt("--alpha-sweep", type=float, nargs="*", metavar="X",
+                        help="also print metrics for each alpha (no values: 0.50..1.00 by 0.05); choose on val"),
 }
 
 
@@ -158,7 +169,7 @@ def add_model_arguments(parser) -> None:
     add(parser, "method", default="phi")
     add(parser, "phi", help=OPTIONS["phi"].kwargs["help"] + " (needed by --method phi)")
     add(parser, "text-encoder")
-    add(parser, "template", default="default")
+    add(parser, "template", help=OPTIONS["template"].kwargs["help"] + NETWORK_TEMPLATE)
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,6 +192,16 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="keep no features on disk")
     parser.add_argument("--hash-images", action="store_true",
                         help="key cached features by each image's SHA-256 (default: its size and modification times)")
+
+
+def add_cig_arguments(parser, sweep: bool) -> None:
+    """`--pseudo-targets DIR`, `--alpha X` (default: the published α of the split) and, with `sweep`,
+    `--alpha-sweep` (`evaluate`; `submit` ranks a test split, where no α is chosen)."""
+    cig = parser.add_argument_group("CIG pseudo targets (method phi; see zscir.generation.fusion)")
+    add(cig, "pseudo-targets")
+    add(cig, "alpha")
+    if sweep:
+        add(cig, "alpha-sweep")
 
 
 def add_validation_arguments(parser) -> None:
@@ -211,8 +232,9 @@ def add_concept_arguments(parser) -> None:
                        help="phrase source: a JSON {concept: [phrases]} or 'concept<TAB>phrase' text file; "
                        "'lm:MODEL' = sample from a causal LM (local folder or hub id); 'world' = the world's "
                        "caption grammar (default: 'world' with --concepts world, else required)")
-    group.add_argument("--phrases-per-concept", type=int, default=32, metavar="N",
-                       help="phrases generated per concept (default 32)")
+    group.add_argument("--phrases-per-concept", type=int, default=None, metavar="N",
+                       help="phrases generated per concept (default: 256 from an LM, as SEARLE's "
+                       "gpt_phrases_generation.py; 32 from the world grammar)")
     group.add_argument("--phrase-seed", type=int, default=0, metavar="N", help="seed of generated phrases (default 0)")
 
 

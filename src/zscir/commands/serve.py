@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zscir.commands.options import OPTIONS, add, add_hidden_alias
+from zscir.commands.options import NETWORK_TEMPLATE, OPTIONS, add, add_hidden_alias
 from zscir.web.limits import MiB, ServerLimits
 
 HELP = "Serve a search page + JSON API on an index (no arguments: the synthetic world, after `zscir demo`)."
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "first use)")
     add(parser, "phi", help="inversion network enabling the Phi method (default with no --index: the world's Phi)")
     add(parser, "text-encoder")
-    add(parser, "template", help=OPTIONS["template"].kwargs["help"] + " (default default)")
+    add(parser, "template", help=OPTIONS["template"].kwargs["help"] + NETWORK_TEMPLATE)
     cig = parser.add_argument_group("CIG pseudo targets (the Phi method then also uses a generated image)")
     add(cig, "generator")
     add(cig, "unet")
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="image side in pixels (default 512, the paper's)")
     add_hidden_alias(cig._group_actions[-2], "--generator-steps")
     add_hidden_alias(cig._group_actions[-1], "--generator-size")
-    cig.add_argument("--alpha", type=float, default=0.85, metavar="X",
-                     help="fusion weight of the reference query (default 0.85)")
+    add(cig, "alpha", help="fusion weight of the reference query, 1 = plain (default: zscir.recipes.DEFAULT_ALPHA, "
+        "the CIRR val value 0.85: an index is no benchmark split)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, metavar="N", help="(default 7860)")
     add(parser, "examples", default=8, help="gallery images offered as examples")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.common import check_evaluation, empty_caption_notes, evaluate_from_args, resolved_config
-from zscir.commands.options import OPTIONS, add, add_evaluation_arguments
+from zscir.commands.options import OPTIONS, add, add_cig_arguments, add_evaluation_arguments
 
-HELP = "Write CIRR / CIRCO test-server submission files for a method (image, text, sum, phi)."
+HELP = ("Write CIRR / CIRCO test-server submission files for a method (image, text, sum, phi), optionally "
+        "CIG-fused with pseudo targets.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + " (CIRR and CIRCO have test servers)")
     add(parser, "split", default="test")
     add_evaluation_arguments(parser)
+    add_cig_arguments(parser, sweep=False)  # CIG as published: --pseudo-targets DIR [--alpha X]
     add(parser, "output-dir", help="folder for the submission files (default: runs/submit/<dataset>-<split>-<method>)")
 
 

@@ -135,7 +135,7 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
     tokens = oti_tokens_for(backbone, names, features, bank, oti_config(budget), world_dir / "runs" / "searle-oti",
                             None, progress=progress)
     run = _run_dir(world_dir, "searle", settings)
-    config = _train_config(SearleConfig, run, budget.searle_steps, budget.searle_batch, progress)
+    config = _train_config(SearleConfig, run, budget.searle_steps, budget.searle_batch, progress, epochs=None)
     phi = distill_phi(backbone, features.lookup(names), tokens, bank, config)
     tmp = world_dir / ".searle-phi.tmp"
     phi.save_pretrained(tmp)

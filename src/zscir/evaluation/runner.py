@@ -7,7 +7,7 @@ API (the CLI, the demo, RTD validation and CIG fusion all use it):
     result = ev.evaluate("phi", phi=phi)              # EvalResult: metrics, scores, active split
     q_ref = ev.query_vectors("phi", phi=phi)          # [Q, P] normalised queries of a method
     q_gen = ev.query_vectors("phi", pseudo_tokens=v_gen)
-    ev.evaluate(queries=fuse_queries(q_ref, q_gen, 0.85))
+    ev.evaluate(queries=fuse_queries(q_ref, q_gen, cig_alpha("cirr", "val")))
 
 Missing or undecodable images: by default the first use raises DataError listing them; with
 `skip_missing=True` the failed gallery images are dropped, queries whose reference or a target
@@ -282,7 +282,8 @@ class Evaluator:
             method: a key of METHODS ("image", "text", "sum", "phi").
             phi: inversion network for "phi" (checked against the backbone's dims).
             text_tower: a fine-tuned text tower (RTD) replacing the backbone's.
-            template: prompt template (name or text) of Phi-based methods.
+            template: prompt template (name, text or PromptTemplate) of Phi-based methods; None = the one of
+                the network's method (Pic2Word: "a photo of $ , {caption}"; else "a photo of $ that {caption}").
             pseudo_tokens: [Q, H] to compose with instead of Phi(reference) (e.g. CIG's v_gen).
         Returns:
             [Q, P] float32 L2-normalised query vectors.
@@ -297,10 +298,10 @@ class Evaluator:
             check_fits(phi, backbone)
         if pseudo_tokens is not None and pseudo_tokens.shape[0] != len(self.split.queries):
             raise ZscirError(f"{pseudo_tokens.shape[0]} pseudo tokens for {len(self.split.queries)} queries")
-        if isinstance(template, str):
-            template = PromptTemplate.named(template)
+        if template is None or isinstance(template, str):  # None: the network's own method's prompt
+            template = PromptTemplate.for_network(template, phi)
         inputs = QueryInputs(backbone, self.reference_features(), self.captions(), phi, pseudo_tokens,
-                             template or PromptTemplate(), 4 * self.batch_size)
+                             template, 4 * self.batch_size)
         if not spec.uses_text or pseudo_tokens is not None:
             return spec.build(inputs)
         return self.cache.tensor("queries", self._query_key(spec, backbone, inputs), lambda: spec.build(inputs))

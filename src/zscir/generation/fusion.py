@@ -9,9 +9,9 @@ The pseudo target goes through the SAME backbone and Phi as the reference:
 A query without a usable pseudo target (not generated, rejected as dark, undecodable) falls back
 to α = 1 (q = f_ref) and is counted. α = 1 is exactly plain Phi retrieval.
 
-α: DEFAULT_ALPHA = 0.85, the value the public code used on CIRR val. The public code hard-coded
-other values per split (0.5 CIRR test, 0.7 CIRCO test, 0.9 FashionIQ); choose yours with
-`alpha_sweep` on a val split, never on test.
+α: the published value per benchmark and split is data in `zscir.recipes.CIG_ALPHA` (0.5 CIRR test,
+0.7 CIRCO test, 0.85 CIRR val, 0.9 FashionIQ; `cig_alpha(dataset, split)`), DEFAULT_ALPHA (0.85, the
+CIRR val one) elsewhere; choose yours with `alpha_sweep` on a val split, never on test.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 
 from zscir.compose import fuse_queries
 from zscir.errors import ZscirError
+from zscir.recipes import DEFAULT_ALPHA
 
-DEFAULT_ALPHA = 0.85
 DEFAULT_SWEEP = tuple(round(0.05 * i, 2) for i in range(10, 21))  # 0.50, 0.55, ..., 1.00
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from zscir.errors import DataError, ModelLoadError, ZscirError
+from zscir.recipes import DEFAULT_ALPHA
 
 # Closed-class English words: a caption made only of these (or of no word at all) says nothing to search for.
 FUNCTION_WORDS = frozenset("""
@@ -132,8 +133,9 @@ class SearchService:
         text_encoder: a fine-tuned text tower (path: HF folder or RTD .pt) replacing the backbone's.
         backbone: an already loaded `Backbone` (default: load the one named in the manifest).
         generator: optional CIG pseudo-target generator `(reference PIL, caption) -> PIL`.
-        alpha: CIG fusion weight of the reference query (METHODS.md §5).
-        template: prompt template (name or text) of the phi method.
+        alpha: CIG fusion weight of the reference query (METHODS.md §5); None = `zscir.recipes.DEFAULT_ALPHA`
+            (an index is no benchmark split: the CIRR val value).
+        template: prompt template (name or text) of the phi method; None = the one of the network's method.
         device: where the models run.
     Raises:
         ZscirError: missing index, a backbone whose weights differ from the ones the index was built with,
@@ -141,8 +143,8 @@ class SearchService:
     """
 
     def __init__(self, index_dir: str | os.PathLike, phi=None, text_encoder=None, backbone=None,
-                 generator: PseudoTargetGenerator | None = None, alpha: float = 0.85, template: str | None = None,
-                 device: str = "cpu"):
+                 generator: PseudoTargetGenerator | None = None, alpha: float | None = None,
+                 template: str | None = None, device: str = "cpu"):
         from zscir.compose import PromptTemplate
         from zscir.retrieval.index import load_index
         from zscir.search.indexer import load_ids, read_manifest
@@ -173,8 +175,8 @@ class SearchService:
             self.phi = load_inversion_network(phi, device) if isinstance(phi, (str, os.PathLike)) else phi.eval()
             check_fits(self.phi, backbone)
         self.generator = generator
-        self.alpha = float(alpha)
-        self.template = PromptTemplate.named(template) if template else PromptTemplate()
+        self.alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+        self.template = PromptTemplate.for_network(template or None, self.phi)
         self.root = Path(self.manifest["images_root"])
         self.ids = load_ids(self.index_dir, self.manifest)
         self.index = load_index(self.index_dir / self.manifest["snapshot"])

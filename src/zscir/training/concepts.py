@@ -296,10 +296,20 @@ def _first_sentence(text: str) -> str:
     return " ".join(cut.split())
 
 
-def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int = 32,
-                     prompt: str = LM_PROMPT, max_new_tokens: int = 24, temperature: float = 1.0,
-                     top_k: int = 50, seed: int = 0, progress: bool = True) -> dict[str, list[str]]:
-    """Phrases about each concept sampled from a causal language model (SEARLE used GPT-Neo).
+LM_PHRASES_PER_CONCEPT = 256  # miccunifi/SEARLE src/gpt_phrases_generation.py --num-return-sequences 256
+WORLD_PHRASES_PER_CONCEPT = 32  # the world grammar's phrases per concept (zscir's; the world has few concepts)
+
+
+def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int = LM_PHRASES_PER_CONCEPT,
+                     prompt: str = LM_PROMPT, max_length: int = 35, temperature: float = 0.5, top_k: int = 50,
+                     no_repeat_ngram_size: int = 2, seed: int = 0, progress: bool = True) -> dict[str, list[str]]:
+    """Phrases about each concept sampled from a causal language model (SEARLE used GPT-Neo 2.7B).
+
+    The defaults are the official ones (miccunifi/SEARLE src/gpt_phrases_generation.py argparse defaults:
+    sampling, max_length 35 tokens including the prompt, 256 sequences per concept, temperature 0.5,
+    no_repeat_ngram_size 2; top_k is not set there, so transformers' default 50 applies). One difference:
+    the official script keeps each continuation whole (newlines turned into ". "); zscir cuts it at the
+    first sentence end.
 
     Each concept is generated with its own seed (derived from `seed` and the concept), so its phrases
     do not depend on the order or number of the other concepts.
@@ -310,7 +320,8 @@ def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int
         concepts: the concepts.
         num_phrases: sampled phrases per concept (duplicates and ones without the concept dropped).
         prompt: the prompt with a `{concept}` slot; the phrase is the prompt plus its continuation.
-        max_new_tokens / temperature / top_k: sampling settings.
+        max_length: tokens per sequence, prompt included (`generate(max_length=...)`).
+        temperature / top_k / no_repeat_ngram_size: sampling settings.
         seed: base seed.
     Returns:
         {concept: [phrases]}, each phrase cut at its first sentence end.
@@ -327,9 +338,9 @@ def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int
         encoded = tokenizer(prompt.format(concept=concept), return_tensors="pt").to(device)
         torch.manual_seed(derived_seed(seed, concept))
         with torch.no_grad():
-            generated = model.generate(**encoded, do_sample=True, max_new_tokens=max_new_tokens,
+            generated = model.generate(**encoded, do_sample=True, max_length=max_length,
                                        num_return_sequences=num_phrases, temperature=temperature, top_k=top_k,
-                                       pad_token_id=pad_id)
+                                       no_repeat_ngram_size=no_repeat_ngram_size, pad_token_id=pad_id)
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         phrases = [_first_sentence(t) for t in texts]
         out[concept] = list(dict.fromkeys(p for p in phrases if mask_concept(p, concept) is not None))
@@ -421,7 +432,7 @@ def _csv_concepts(path: Path, text: str) -> list[str]:
     return [row[0] for row in rows if row]
 
 
-def build_concept_bank(backbone, concepts: str, phrases: str, phrases_per_concept: int = 32, seed: int = 0,
+def build_concept_bank(backbone, concepts: str, phrases: str, phrases_per_concept: int | None = None, seed: int = 0,
                        save_to: str | Path | None = None) -> ConceptBank:
     """A ConceptBank from named sources; generated phrases are saved as `save_to` (JSON) and reused.
 
@@ -429,7 +440,8 @@ def build_concept_bank(backbone, concepts: str, phrases: str, phrases_per_concep
         backbone: the `Backbone` (concepts and phrases are embedded with its text tower).
         concepts: 'world', 'openimages' or a concept file (see `load_concepts`).
         phrases: 'world', 'lm:MODEL' (sampled from a causal LM, folder or hub id) or a phrase file.
-        phrases_per_concept / seed: of generated phrases.
+        phrases_per_concept / seed: of generated phrases (None: `LM_PHRASES_PER_CONCEPT` from an LM, the official
+            256; `WORLD_PHRASES_PER_CONCEPT` from the world grammar).
         save_to: optional JSON path for the phrases (an existing file there is reused, not regenerated).
     Returns:
         A `ConceptBank`.
@@ -441,9 +453,10 @@ def build_concept_bank(backbone, concepts: str, phrases: str, phrases_per_concep
     if save_to is not None and Path(save_to).is_file():
         table = load_phrases(save_to)
     elif phrases == "world":
-        table = world_phrases(names, phrases_per_concept, seed)
+        table = world_phrases(names, phrases_per_concept or WORLD_PHRASES_PER_CONCEPT, seed)
     elif phrases.startswith("lm:"):
-        table = phrases_from_lm(phrases[3:], names, phrases_per_concept, seed, backbone.device)
+        table = phrases_from_lm(phrases[3:], names, phrases_per_concept or LM_PHRASES_PER_CONCEPT, seed,
+                                backbone.device)
     else:
         table = load_phrases(phrases)
     if save_to is not None and not Path(save_to).is_file():

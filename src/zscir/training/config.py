@@ -171,9 +171,9 @@ class SearleConfig(TrainConfig):
     λ_gpt 0.75, τ 0.25, top-k 150 concepts, Phi dropout 0.5, seed 42.
 
     Attributes:
-        epochs: passes over the (image, OTI token) pairs; when set, `max_steps` is derived from it
-            (epochs × ⌊N / effective batch⌋, the official loader drops the last partial batch).
-            None: `max_steps` is used as given.
+        epochs: passes over the (image, OTI token) pairs (100, the official run); when set, `max_steps` is
+            derived from it (epochs × ⌊N / effective batch⌋, the official loader drops the last partial batch).
+            None: `max_steps` is used as given (`load_config` sets None when max_steps is given without epochs).
         distill_loss: "nt-xent" (official: PALAVRA's contrastive loss over the 2N vectors {OTI, Phi},
             negatives from both sets) or "cross-modal" (negatives only from the other set).
         temperature: τ of the distillation loss.
@@ -185,7 +185,7 @@ class SearleConfig(TrainConfig):
 
     output_dir: str = "runs/searle"
     max_steps: int = 2000
-    epochs: int | None = None  # SEARLE src/train_phi.py --num-epochs 100: set epochs=100 for the official run
+    epochs: int | None = 100  # SEARLE src/train_phi.py --num-epochs 100 (a max_steps given alone: see load_config)
     batch_size: int = 256  # SEARLE src/train_phi.py --batch-size 256
     lr: float = 1e-4  # SEARLE src/train_phi.py --learning-rate 1e-4
     weight_decay: float = 0.01  # SEARLE src/train_phi.py --weight-decay 0.01
@@ -271,19 +271,24 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Build a config: dataclass defaults, then a YAML/JSON file, then overrides.
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> C:
+    """Build a config: dataclass defaults, then `base` (a published recipe), then a YAML/JSON file, then overrides.
+
+    A config that counts `epochs` (SEARLE's) counts steps instead when the file or the overrides give
+    `max_steps` without `epochs`: asking for N steps means N steps, whatever the defaults or recipe say.
 
     Args:
         cls: a TrainConfig subclass.
         path: optional .yaml/.yml/.json file holding a mapping of field names.
         overrides: {field: value} applied last (e.g. from CLI flags or `parse_overrides`).
+        base: {field: value} applied first (e.g. a recipe of `zscir.recipes`).
     Returns:
         The checked config.
     Raises:
         ZscirError: unknown field, wrong type, unreadable file.
     """
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -300,8 +305,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
             raise ZscirError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise ZscirError(f"{path}: expected a mapping of config fields, got {type(loaded).__name__}")
-        values.update(loaded)
-    values.update(overrides or {})
+        given.update(loaded)
+    given.update(overrides or {})
+    values = {**(base or {}), **given}
+    if "max_steps" in given and "epochs" not in given and any(f.name == "epochs" for f in fields(cls)):
+        values["epochs"] = None
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
