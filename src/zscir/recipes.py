@@ -117,6 +117,8 @@ _SEARLE_DISTIL = {
     "seed": 42,  # --seed 42
     "mixed_precision": "fp16",  # torch.cuda.amp.autocast + GradScaler around the loss
     "val_dataset": "cirr",  # validates on CIRR val every epoch (--validation-frequency 1)
+    "concepts": "openimages",  # data/oidv7-class-descriptions.csv: the concepts of the phrase loss
+    "phrases": "lm:EleutherAI/gpt-neo-2.7B",  # --gpt-exp-name GPTNeo27B (reused from the token folder)
 }
 
 _SEARLE_OTI = {
@@ -133,6 +135,7 @@ _SEARLE_OTI = {
     "init_std": 0.02,  # nn.init.normal_(oti_pseudo_tokens, std=0.02)
     "seed": 42,  # --seed 42
     "target_pad": True,  # --preprocess-type targetpad (ratio 1.25)
+    "concepts": "openimages",  # data/oidv7-class-descriptions.csv (src/image_concepts_association.py)
     "phrases": "lm:EleutherAI/gpt-neo-2.7B",  # gpt_phrases_generation.py --gpt-model
     "phrases_per_concept": 256,  # gpt_phrases_generation.py --num-return-sequences 256
 }
@@ -164,8 +167,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {(r.command, r.name): r for r in [
     Recipe("searle-vit-l14", "train-phi", "SEARLE-XL Phi distilled from ImageNet1K-test OTI tokens, ViT-L/14",
            {**_SEARLE_DISTIL, "backbone": "ViT-L/14"}),
     Recipe("searle-vit-b32", "invert", "SEARLE OTI on ViT-B/32", {**_SEARLE_OTI, "backbone": "ViT-B/32"},
-           "concepts: Open Images V7 class names (SEARLE data/oidv7-class-descriptions.csv, not shipped: pass "
-           "--concepts FILE); phrases: GPT-Neo 2.7B, kept whole by SEARLE, cut at the first sentence by zscir"),
+           "concepts: Open Images V7 class names (SEARLE data/oidv7-class-descriptions.csv, not shipped: put it "
+           "at $ZSCIR_CACHE/concepts/oidv7-class-descriptions.csv or pass --concepts FILE); phrases: GPT-Neo 2.7B, "
+           "kept whole by SEARLE, cut at the first sentence by zscir"),
     Recipe("searle-vit-l14", "invert", "SEARLE-XL OTI on ViT-L/14", {**_SEARLE_OTI, "backbone": "ViT-L/14"},
            "concepts as for searle-vit-b32"),
     Recipe("rtd-lincir-vit-l14", "train-rtd", "RTD on a LinCIR ViT-L/14 Phi (the README command)",

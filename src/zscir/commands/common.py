@@ -15,17 +15,76 @@ from zscir.errors import ZscirError
 
 
 def config_from_args(cls, args: argparse.Namespace):
-    """The config given by `add_config_arguments`' flags: defaults < --config < --set < --field flags."""
+    """The config given by `add_config_arguments`' flags: defaults < --recipe < --config < --set < --field flags.
+
+    The recipe's config fields are those `apply_recipe` kept aside (none without --recipe)."""
     from dataclasses import fields
 
     from zscir.training.config import load_config, parse_overrides
 
+    known = {f.name for f in fields(cls)}
+    base = getattr(args, "_recipe_config", None) or {}
+    foreign = sorted(set(base) - known)
+    if foreign:
+        raise ZscirError(f"--recipe {args.recipe} sets {', '.join(foreign)}, which this run's config "
+                         f"({cls.__name__}) has not; check --method")
     overrides = parse_overrides(args.set)
-    for f in fields(cls):
-        value = getattr(args, f"cfg_{f.name}", None)
+    for name in known:
+        value = getattr(args, f"cfg_{name}", None)
         if value is not None:
-            overrides[f.name] = value
-    return load_config(cls, args.config, overrides)
+            overrides[name] = value
+    return load_config(cls, args.config, overrides, base=base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Published recipes (--recipe, --print-config)
+
+
+def apply_recipe(args: argparse.Namespace, command: str) -> None:
+    """Fill what the command line left unset from `--recipe NAME` (`zscir.recipes`), in place.
+
+    A recipe value of a config field (a `cfg_<field>` flag of `add_config_arguments`) becomes the base layer of
+    `config_from_args`, below --config, --set and the flags; any other option (backbone, method, val_dataset,
+    an OTI setting, ...) is set when the command line left it unset (None or False).
+
+    Raises:
+        ZscirError: unknown recipe (lists the command's), or a recipe value the command has no option for.
+    """
+    from zscir.recipes import get_recipe
+
+    args._recipe_config = {}
+    if not getattr(args, "recipe", None):
+        return
+    recipe = get_recipe(command, args.recipe)
+    for key, value in recipe.settings.items():
+        if hasattr(args, f"cfg_{key}"):
+            args._recipe_config[key] = value
+        elif hasattr(args, key):
+            if getattr(args, key) in (None, False):
+                setattr(args, key, value)
+        else:
+            raise ZscirError(f"recipe {recipe.name!r} sets {key!r}, which `zscir {command}` has no option for")
+
+
+def print_config(args: argparse.Namespace, command: str, config: dict) -> int:
+    """Print {"recipe", "notes", "options", "config"} as JSON (what --print-config shows); returns 0."""
+    import json
+
+    from zscir.recipes import RECIPES
+
+    recipe = RECIPES.get((command, args.recipe)) if args.recipe else None
+    skipped = {"command", "config", "set", "recipe", "print_config"}
+    options = {k: v for k, v in vars(args).items() if not k.startswith(("_", "cfg_")) and k not in skipped}
+    print(json.dumps({"recipe": args.recipe, "notes": recipe.notes if recipe else "", "options": options,
+                      "config": config}, indent=2, default=str))
+    return 0
+
+
+def require_options(args: argparse.Namespace, *names: str) -> None:
+    """Raise ZscirError for the first option that neither the command line nor the recipe set."""
+    for name in names:
+        if getattr(args, name, None) in (None, ""):
+            raise ZscirError(f"--{name.replace('_', '-')} is required (or a --recipe that sets it)")
 
 
 def resolved_config(args: argparse.Namespace) -> dict:

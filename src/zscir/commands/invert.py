@@ -10,23 +10,29 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.common import (
+    apply_recipe,
     check_backbone,
     check_concepts,
     check_runtime,
     concept_bank_from_args,
     existing_folder,
+    print_config,
+    require_options,
 )
 from zscir.commands.options import (
+    OPTIONS,
     TEMPLATES_PLACEHOLDER,
     add,
     add_concept_arguments,
+    add_recipe_arguments,
     add_runtime_arguments,
 )
 from zscir.errors import ZscirError
 
-# = the defaults of zscir.training.oti.OTIConfig (SEARLE's recipe), kept here so --help imports no torch
-OTI_DEFAULTS = dict(steps=350, lr=2e-2, weight_decay=0.01, ema_decay=0.99, phrase_weight=0.5, top_k=15, seed=0,
-                    batch_size=32)
+# = the defaults of zscir.training.oti.OTIConfig (SEARLE's recipe), shown in --help without importing torch;
+# the flags default to None so that --recipe can tell what the command line set
+OTI_DEFAULTS = dict(steps=350, lr=2e-2, weight_decay=0.01, ema_decay=0.99, image_weight=1.0, phrase_weight=0.5,
+                    top_k=15, template="palavra", init_std=None, seed=0, batch_size=32)
 
 HELP = "SEARLE OTI: optimise one pseudo token per image (resumable; feeds `train-phi --method searle`)."
 
@@ -35,7 +41,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    add(parser, "backbone", required=True)
+    add_recipe_arguments(parser, "invert")
+    add(parser, "backbone", help=OPTIONS["backbone"].kwargs["help"] + " (required unless --recipe sets it)")
     add(parser, "output-dir", required=True, help="token folder (rerun the same command to resume)")
     source = parser.add_argument_group("images (a benchmark split or a folder)")
     add(source, "dataset")
@@ -48,20 +55,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_concept_arguments(parser)
     d = OTI_DEFAULTS
     oti = parser.add_argument_group("OTI recipe (defaults: the SEARLE paper)")
-    oti.add_argument("--steps", type=int, default=d["steps"], metavar="N", help=f"(default {d['steps']})")
-    oti.add_argument("--lr", type=float, default=d["lr"], metavar="X", help=f"(default {d['lr']})")
-    oti.add_argument("--weight-decay", type=float, default=d["weight_decay"], metavar="X",
-                     help=f"(default {d['weight_decay']})")
-    oti.add_argument("--ema-decay", type=float, default=d["ema_decay"], metavar="X",
-                     help=f"(default {d['ema_decay']})")
-    oti.add_argument("--phrase-weight", type=float, default=d["phrase_weight"], metavar="X",
+    oti.add_argument("--steps", type=int, metavar="N", help=f"optimisation steps per image (default {d['steps']})")
+    oti.add_argument("--lr", type=float, metavar="X", help=f"AdamW learning rate (default {d['lr']})")
+    oti.add_argument("--weight-decay", type=float, metavar="X",
+                     help=f"AdamW weight decay (default {d['weight_decay']})")
+    oti.add_argument("--ema-decay", type=float, metavar="X",
+                     help=f"EMA decay of the output token (default {d['ema_decay']})")
+    oti.add_argument("--image-weight", type=float, metavar="X",
+                     help=f"weight of the image loss (default {d['image_weight']})")
+    oti.add_argument("--phrase-weight", type=float, metavar="X",
                      help=f"0 = image loss only, no concepts needed (default {d['phrase_weight']})")
-    oti.add_argument("--top-k", type=int, default=d["top_k"], metavar="N",
-                     help=f"concepts per image (default {d['top_k']})")
-    add(oti, "template", default="plain", help="prompt the token is read in: " + TEMPLATES_PLACEHOLDER
-        + " or a text with $")
-    add(oti, "seed", default=d["seed"])
-    add(oti, "batch-size", default=d["batch_size"], help="images optimised together (same result)")
+    oti.add_argument("--top-k", type=int, metavar="N", help=f"concepts per image (default {d['top_k']})")
+    oti.add_argument("--init-std", type=float, metavar="X",
+                     help="std of the initial token (default: the token-embedding table's; SEARLE: 0.02)")
+    add(oti, "template", help="prompt(s) of the image loss: 'palavra' (default: SEARLE's 24 templates, one drawn "
+        "per image and step), or one fixed prompt: " + TEMPLATES_PLACEHOLDER + " or a text with $")
+    add(oti, "seed", help=f"base seed of the per-image streams (default {d['seed']})")
+    add(oti, "batch-size", help=f"images optimised together, same result (default {d['batch_size']})")
     parser.add_argument("--chunk-size", type=int, default=256, metavar="N",
                         help="images per saved chunk, the unit of resumption (default 256)")
     add(parser, "target-pad")
@@ -96,6 +106,7 @@ def images_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Invert the images not yet in --output-dir; print a one-line summary."""
+    import dataclasses
     from pathlib import Path
 
     from zscir.compose import TEMPLATES
@@ -105,10 +116,15 @@ def run(args: argparse.Namespace) -> int:
     from zscir.retrieval.shards import process_group
     from zscir.training.oti import META_NAME, OTIConfig, TokenStore, features_key, invert_to_store
 
-    config = OTIConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
-                       phrase_weight=args.phrase_weight, top_k=args.top_k, seed=args.seed, batch_size=args.batch_size,
-                       template=TEMPLATES.get(args.template, args.template))
+    apply_recipe(args, "invert")
+    given = {name: getattr(args, name) for name in OTI_DEFAULTS if getattr(args, name) is not None}
+    if "template" in given:
+        given["template"] = TEMPLATES.get(given["template"], given["template"])
+    config = OTIConfig(**given)
     config.check()
+    if args.print_config:
+        return print_config(args, "invert", dataclasses.asdict(config))
+    require_options(args, "backbone")
     # every flag and path before any image is encoded
     check_backbone(args.backbone)
     check_runtime(args.device, args.dtype)

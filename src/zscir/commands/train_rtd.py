@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.common import (
+    apply_recipe,
     build_validator,
     check_backbone,
     check_phi_backbone,
@@ -12,8 +13,10 @@ from zscir.commands.common import (
     check_validation,
     config_from_args,
     existing_path,
+    print_config,
+    require_options,
 )
-from zscir.commands.options import add, add_config_arguments, add_validation_arguments
+from zscir.commands.options import OPTIONS, add, add_config_arguments, add_recipe_arguments, add_validation_arguments
 from zscir.training.config import RTDConfig
 
 HELP = "Fine-tune the text encoder with RTD on text triplets for a frozen Phi; resumable, multi-GPU."
@@ -21,9 +24,10 @@ HELP = "Fine-tune the text encoder with RTD on text triplets for a frozen Phi; r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
+    add_recipe_arguments(parser, "train-rtd")
     parser.add_argument("--triplets", required=True, metavar="PATH", help="JSONL (or JSON list) of "
                         "{reference_caption, conditioning_caption, target_caption}")
-    add(parser, "backbone", required=True)
+    add(parser, "backbone", help=OPTIONS["backbone"].kwargs["help"] + " (required unless --recipe sets it)")
     add(parser, "phi", required=True, help="the frozen Phi: {'Phi'} file or zscir folder (LinCIR/SEARLE)")
     add_validation_arguments(parser)
     add_config_arguments(parser, RTDConfig)
@@ -41,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from zscir.models.phi import check_fits, load_inversion_network
     from zscir.training.rtd import RTD_FILE, read_triplets, rtd_validator, train_rtd
 
+    apply_recipe(args, "train-rtd")
     config = config_from_args(RTDConfig, args)
+    if args.print_config:
+        return print_config(args, "train-rtd", config.to_dict())
+    require_options(args, "backbone")
     existing_path(args.triplets, "--triplets")
     existing_path(args.phi, "--phi")
     check_phi_backbone(args.phi, args.backbone)
