@@ -99,8 +99,13 @@ def _pixels(path):
 
 
 def test_conditioning_equals_sdxl_encode_prompt_when_pseudo_token_is_a_word(conditioner, sdxl_dir):
-    """$ = the token embedding of "red" must give exactly SDXL's own encoding of the prompt with "red"."""
+    """$ = the token embedding of "red" must give exactly SDXL's own encoding of the prompt with "red"
+    (with the tokenizers' own padding, as diffusers' `encode_prompt` pads; the official 0-padding is tested below)."""
+    import dataclasses
+
     from diffusers import StableDiffusionXLPipeline
+
+    conditioner = dataclasses.replace(conditioner, pad_id=None)
 
     full = StableDiffusionXLPipeline.from_pretrained(str(sdxl_dir))
     b1, b2 = conditioner.backbone_1, conditioner.backbone_2
@@ -124,11 +129,64 @@ def test_conditioning_order_and_pooled_from_tower_2(conditioner):
     prompts = ["a photo of $ that is red", "a photo of $ that is blue and is longer"]
     assert conditioner.prompts_for([("is red",), ("is blue", "is longer")]) == prompts
     with torch.no_grad():
-        out1 = conditioner.backbone_1.encode_composed(prompts, v1, return_penultimate=True)
-        out2 = conditioner.backbone_2.encode_composed(prompts, v2, return_penultimate=True)
+        out1 = conditioner.backbone_1.encode_composed(prompts, v1, return_penultimate=True, pad_id=0)
+        out2 = conditioner.backbone_2.encode_composed(prompts, v2, return_penultimate=True, pad_id=0)
     torch.testing.assert_close(cond.prompt_embeds[..., :32], out1.penultimate_hidden_states)
     torch.testing.assert_close(cond.prompt_embeds[..., 32:], out2.penultimate_hidden_states)
     torch.testing.assert_close(cond.pooled_prompt_embeds, out2.text_embeds)
+
+
+def test_official_padding_is_id_0_after_the_end_token_in_both_towers(conditioner):
+    """lan-lw/ComposedImageGen extract_lincir_feat.py tokenizes both SDXL prompts with OpenAI's clip.tokenize
+    (pad id 0); the HF ViT-L tokenizer pads with the end id. Slow reference: the HF text model on ids padded
+    with 0 by hand, with $ = the word "red"; the tokenizer padding (--tokenizer-padding) differs only after the
+    end token, and the pooled vector not at all (causal tower)."""
+    import dataclasses
+
+    assert conditioner.pad_id == 0
+    tokenizer_padding = dataclasses.replace(conditioner, pad_id=None)
+    prompts = ["a photo of $ that is big", "a photo of $"]
+    words = [p.replace("$", "red") for p in prompts]
+    official = conditioner.encode(prompts, *_red_tokens(conditioner, 2))
+    own = tokenizer_padding.encode(prompts, *_red_tokens(conditioner, 2))
+    halves = []
+    for backbone in (conditioner.backbone_1, conditioner.backbone_2):
+        ids = backbone.tokenizer(words, padding="max_length", max_length=backbone.context_length,
+                                 return_tensors="pt")["input_ids"]
+        end = (ids == backbone.tokenizer.eos_token_id).int().argmax(-1)  # the first end token of each row
+        assert backbone.tokenizer.pad_token_id != 0 and int(ids[1, -1]) != 0  # the tokenizer pads otherwise
+        padded = ids.masked_fill(torch.arange(ids.shape[1]) > end.unsqueeze(1), 0)
+        with torch.no_grad():
+            halves.append(backbone.text(input_ids=padded, output_hidden_states=True).hidden_states[-2])
+    torch.testing.assert_close(official.prompt_embeds, torch.cat(halves, -1).float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(official.pooled_prompt_embeds, own.pooled_prompt_embeds, atol=1e-5, rtol=1e-5)
+    # both tiny towers share one tokenizer, so `end` (of the last one) holds for both halves
+    for row, last in enumerate(end.tolist()):
+        torch.testing.assert_close(official.prompt_embeds[row, : last + 1], own.prompt_embeds[row, : last + 1],
+                                   atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(official.prompt_embeds[row, last + 1 :], own.prompt_embeds[row, last + 1 :],
+                                  atol=1e-3)
+
+
+def test_tokenizer_padding_flag_reaches_the_conditioner():
+    from zscir.cli import build_parser
+    from zscir.commands.common import conditioner_pad_id
+
+    parser = build_parser()
+    for command in (["generate", "--dataset", "cirr", "--root", "r", "--output-dir", "o"],
+                    ["train-generator", "--phi", "p"], ["serve"]):
+        assert conditioner_pad_id(parser.parse_args(command)) == 0, command
+        assert conditioner_pad_id(parser.parse_args([*command, "--tokenizer-padding"])) is None, command
+
+
+def _red_tokens(conditioner, n):
+    """(v1, v2): each tower's token embedding of "red", n rows."""
+    out = []
+    for backbone in (conditioner.backbone_1, conditioner.backbone_2):
+        red = backbone.tokenizer("red", add_special_tokens=False)["input_ids"]
+        assert len(red) == 1
+        out.append(backbone.text.text_model.embeddings.token_embedding.weight[red[0]].detach().expand(n, -1))
+    return out
 
 
 def test_conditioning_save_load_roundtrip_and_stems(conditioner, tmp_path):

@@ -391,6 +391,13 @@ def check_conditioner(args: argparse.Namespace) -> None:
         check_backbone(args.backbone_2, "--backbone-2")
 
 
+def conditioner_pad_id(args: argparse.Namespace) -> int | None:
+    """The pad id of the SDXL prompts: the official 0, or None (each tokenizer's own) with --tokenizer-padding."""
+    from zscir.generation.conditioning import OFFICIAL_PAD_ID
+
+    return None if getattr(args, "tokenizer_padding", False) else OFFICIAL_PAD_ID
+
+
 def build_conditioner(args: argparse.Namespace, template: str):
     """The ComposedConditioner of the conditioner options (None when no --phi is given)."""
     from zscir.generation.conditioning import build_composed_conditioner
@@ -398,4 +405,4 @@ def build_conditioner(args: argparse.Namespace, template: str):
     if args.phi is None:
         return None
     return build_composed_conditioner(args.backbone, args.phi, args.backbone_2, args.phi_2, template,
-                                      device=args.device, dtype=args.dtype)
+                                      device=args.device, dtype=args.dtype, pad_id=conditioner_pad_id(args))

@@ -87,6 +87,9 @@ OPTIONS: dict[str, Option] = {
     "print-config": _opt("--print-config", action="store_true",
                          help="print the resolved recipe, options and config as JSON and exit (nothing is read "
                          "or run)"),
+    "tokenizer-padding": _opt("--tokenizer-padding", action="store_true",
+                              help="pad each SDXL prompt as its tokenizer does (zscir before) instead of with id 0 "
+                              "after the end token, as the official CIG extraction does (clip.tokenize)"),
     # CIG fusion (evaluate, submit, serve)
     "pseudo-targets": _opt("--pseudo-targets", metavar="DIR",
                            help="folder written by `zscir generate`: fuse each query with its pseudo target's query"),
@@ -266,6 +269,7 @@ def add_conditioner_arguments(group, backbone_default: str | None = REAL_BACKBON
     add(group, "phi", required=phi_required, help="inversion network of tower 1 (file or folder)")
     add(group, "backbone-2")
     add(group, "phi-2")
+    add(group, "tokenizer-padding")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(cig, "unet")
     add(cig, "backbone-2", help="second text tower (bigG/14 for real SDXL; default: the index's backbone again)")
     add(cig, "phi-2", help="inversion network of the second tower (needed with --backbone-2)")
+    add(cig, "tokenizer-padding")
     cig.add_argument("--steps", "--generator-steps", type=int, default=50, metavar="N",
                      help="denoising steps (default 50, the paper's)")
     cig.add_argument("--size", "--generator-size", type=int, default=512, metavar="N",
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _generator(args: argparse.Namespace, service):
     """The CIG pseudo-target generator for the service's backbone + Phi (and an optional second tower)."""
+    from zscir.commands.common import conditioner_pad_id
     from zscir.errors import ZscirError
     from zscir.generation.cig import load_generator
     from zscir.generation.conditioning import build_composed_conditioner
@@ -89,7 +91,8 @@ def _generator(args: argparse.Namespace, service):
     if args.backbone_2 and not args.phi_2:
         raise ZscirError("--backbone-2 needs --phi-2 (its inversion network)")
     conditioner = build_composed_conditioner(service.backbone, service.phi, args.backbone_2, args.phi_2,
-                                             service.template.text, device=args.device)
+                                             service.template.text, device=args.device,
+                                             pad_id=conditioner_pad_id(args))
     pipe = load_generator(args.generator, unet=args.unet, device=args.device)
     config = GenerationConfig(steps=args.steps, height=args.size, width=args.size)
     return cig_generator(pipe, conditioner, config)

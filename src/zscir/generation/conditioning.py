@@ -86,6 +86,9 @@ class Conditioning:
         return cls(torch.cat([c.prompt_embeds for c in items]), torch.cat([c.pooled_prompt_embeds for c in items]))
 
 
+# The id the official CIG extraction writes after the end-of-text token (OpenAI `clip.tokenize` pads with 0).
+OFFICIAL_PAD_ID = 0
+
 @dataclass
 class ComposedConditioner:
     """Two (backbone, Phi) pairs that turn reference images + captions into SDXL conditioning.
@@ -95,6 +98,11 @@ class ComposedConditioner:
         backbone_2, phi_2: tower 2 (bigG/14 for SDXL); its projection gives the pooled vector.
             May be the very same objects as tower 1 (the synthetic world).
         template: the prompt; "a photo of $ that {caption}" by default.
+        pad_id: id after each prompt's end-of-text token in both towers' states: `OFFICIAL_PAD_ID` (0) by
+            default, as the official CIG extraction pads (lan-lw/ComposedImageGen extract_lincir_feat.py
+            tokenizes both prompts with OpenAI's `clip.tokenize`, which pads with 0; HF's ViT-L tokenizer pads
+            with the end id instead; SDXL's bigG tokenizer already pads with id 0 "!"). None = each
+            tokenizer's own padding (zscir before; `--tokenizer-padding`).
     """
 
     backbone_1: object
@@ -102,6 +110,7 @@ class ComposedConditioner:
     backbone_2: object
     phi_2: torch.nn.Module
     template: PromptTemplate = PromptTemplate()
+    pad_id: int | None = OFFICIAL_PAD_ID
 
     def __post_init__(self):
         if self.backbone_1.context_length != self.backbone_2.context_length:
@@ -161,8 +170,8 @@ class ComposedConditioner:
         """
         context = torch.enable_grad() if grad else torch.inference_mode()
         with context:
-            out1 = self.backbone_1.encode_composed(prompts, v1, return_penultimate=True)
-            out2 = self.backbone_2.encode_composed(prompts, v2, return_penultimate=True)
+            out1 = self.backbone_1.encode_composed(prompts, v1, return_penultimate=True, pad_id=self.pad_id)
+            out2 = self.backbone_2.encode_composed(prompts, v2, return_penultimate=True, pad_id=self.pad_id)
             states = torch.cat([out1.penultimate_hidden_states.float(), out2.penultimate_hidden_states.float()], -1)
             pooled = out2.text_embeds.float()
         if not grad:
@@ -234,7 +243,8 @@ def load_conditioning(folder: str | Path, query_id: str) -> Conditioning:
 
 
 def build_composed_conditioner(backbone_1, phi_1, backbone_2=None, phi_2=None, template: str = "default",
-                               device: str | None = "cpu", dtype: str = "fp32") -> ComposedConditioner:
+                               device: str | None = "cpu", dtype: str = "fp32",
+                               pad_id: int | None = OFFICIAL_PAD_ID) -> ComposedConditioner:
     """The one place a `ComposedConditioner` is assembled from names or loaded models (generate, serve).
 
     Args:
@@ -242,6 +252,7 @@ def build_composed_conditioner(backbone_1, phi_1, backbone_2=None, phi_2=None, t
         phi_1 / phi_2: an inversion network or a path (phi_2 defaults to phi_1 on the same tower).
         template: prompt template name or text.
         device / dtype: where names are loaded.
+        pad_id: see `ComposedConditioner.pad_id` (None: the tokenizers' own padding).
     Returns:
         The conditioner; each Phi is checked against its tower's dims first.
     """
@@ -264,4 +275,4 @@ def build_composed_conditioner(backbone_1, phi_1, backbone_2=None, phi_2=None, t
     net_1 = network(phi_1, first)
     net_2 = net_1 if same_tower and phi_2 in (None, phi_1) else network(phi_2 if phi_2 is not None else phi_1,
                                                                          second)
-    return ComposedConditioner(first, net_1, second, net_2, PromptTemplate.named(template))
+    return ComposedConditioner(first, net_1, second, net_2, PromptTemplate.named(template), pad_id)

@@ -221,6 +221,7 @@ class Backbone:
         pseudo_tokens: torch.Tensor | None = None,
         return_penultimate: bool = False,
         text_tower: torch.nn.Module | None = None,
+        pad_id: int | None = None,
     ) -> PseudoTokenOutput:
         """Encode prompts containing `$` with one pseudo-token vector per prompt (differentiable).
 
@@ -229,9 +230,15 @@ class Backbone:
             pseudo_tokens: [N, H] or None for plain text.
             return_penultimate: also return [N, L, H] penultimate hidden states.
             text_tower: another tower with the same tokenizer (e.g. RTD's trainable copy).
+            pad_id: id written after each row's end-of-text token (OpenAI's `clip.tokenize` pads with 0, HF's
+                ViT-L tokenizer with the end id); None = the tokenizer's own padding. The tower is causal, so
+                only the hidden states after the end token change, never the pooled output.
         """
         tower = text_tower if text_tower is not None else self.text
         ids = self.tokenize(texts).to(self.device)
+        if pad_id is not None:
+            end = end_of_text_positions(tower.text_model, ids)
+            ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) > end.unsqueeze(1), pad_id)
         if not return_penultimate:
             # The tower is causal: columns after the batch's last end-of-text token never reach a pooled
             # output, so dropping them changes nothing but the cost (tested against the full context).

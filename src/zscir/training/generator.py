@@ -98,7 +98,7 @@ class GeneratorTask(TrainTask):
         c = self.conditioner
         parts = [fingerprint_module(vae), c.backbone_1.text_fingerprint(), c.backbone_1.vision_fingerprint(),
                  c.backbone_2.text_fingerprint(), c.backbone_2.vision_fingerprint(), fingerprint_module(c.phi_1),
-                 fingerprint_module(c.phi_2), c.template.text, str(self.config.resolution)]
+                 fingerprint_module(c.phi_2), c.template.text, str(self.config.resolution), f"pad={c.pad_id}"]
         parts += [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.image_paths]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
@@ -201,6 +201,7 @@ class GeneratorTask(TrainTask):
         model.save_pretrained(str(folder / "unet"))
         write_json_atomic(folder / "generator.json", {"base": str(self.config.generator),
                                                       "template": self.conditioner.template.text,
+                                                      "pad_id": self.conditioner.pad_id,
                                                       "resolution": self.config.resolution})
 
 
