@@ -365,3 +365,77 @@ def test_a_pic2word_checkpoint_composes_with_its_own_prompt_by_default(benchmark
                               PromptTemplate(TEMPLATES["pic2word"]))
     torch.testing.assert_close(ev.query_vectors("phi", phi=net), by_hand, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(ev.query_vectors("phi", phi=net, template="default"), by_hand)
+
+
+# ---- what the official evaluations offer: OTI tokens, --l2-normalize, fp16 weight rounding --------------
+
+
+def _metrics(tmp_path):
+    return json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+
+
+def test_evaluate_saved_oti_tokens(benchmarks, tiny_backbone, tiny_clip_dir, tmp_path, capsys):
+    """SEARLE's --eval-type oti: each query composed with the token `zscir invert` saved for its reference."""
+    from zscir.evaluation.runner import evaluate_saved_tokens
+    from zscir.training.oti import OTIConfig, TokenStore, invert_to_store
+
+    split = load_benchmark("cirr", benchmarks["cirr"], "val")[0]
+    refs = list(dict.fromkeys(q.reference for q in split.queries))
+    embeds = tiny_backbone.encode_image([load_image(split.images[n]) for n in refs])
+    config = OTIConfig(steps=3, phrase_weight=0)
+    invert_to_store(tiny_backbone, refs, embeds, None, config, tmp_path / "tok", progress=False)
+    tokens = TokenStore(tmp_path / "tok").lookup([q.reference for q in split.queries])
+    expected, scores = _by_hand(tiny_backbone, split, lambda _: tokens)
+    results = evaluate_saved_tokens(tiny_backbone, [split], FeatureCache(tmp_path / "c", progress=False), {},
+                                    tmp_path / "tok")
+    torch.testing.assert_close(results["cirr/val"].scores, scores, rtol=1e-4, atol=1e-5)
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--tokens", str(tmp_path / "tok")],
+                tmp_path, tiny_clip_dir) == 0
+    assert _metrics(tmp_path)["cirr/val"] == pytest.approx(expected)
+    # a reference without a token is named, not skipped; tokens of another text tower are refused; no --phi too
+    invert_to_store(tiny_backbone, refs[:1], embeds[:1], None, config, tmp_path / "few", progress=False)
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--tokens", str(tmp_path / "few")],
+                tmp_path, tiny_clip_dir) == 2
+    assert "no OTI token" in capsys.readouterr().err
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--tokens", str(tmp_path / "tok"),
+                 "--precision", "fp16"], tmp_path, tiny_clip_dir) == 2
+    assert "another text tower" in capsys.readouterr().err  # rounded weights: another tower
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--tokens", str(tmp_path / "tok"),
+                 "--phi", "x.pt"], tmp_path, tiny_clip_dir) == 2
+    assert "--tokens replaces the inversion network" in capsys.readouterr().err
+
+
+def test_l2_normalize_before_phi(benchmarks, phi_file, tiny_backbone, tiny_clip_dir, tmp_path):
+    """LinCIR's --l2_normalize: v = Phi(x / ‖x‖); Phi itself reads raw embeddings otherwise."""
+    from zscir.models.phi import L2NormalizedInput, load_inversion_network
+
+    phi = load_inversion_network(phi_file)
+    split = load_benchmark("cirr", benchmarks["cirr"], "val")[0]
+    expected, scores = _by_hand(tiny_backbone, split, lambda refs: phi(F.normalize(refs, dim=-1)))
+    _, raw = _by_hand(tiny_backbone, split, phi)
+    assert not torch.allclose(scores, raw, atol=1e-4)  # the normalisation matters here
+    ev = Evaluator(tiny_backbone, split, FeatureCache(tmp_path / "c", progress=False))
+    torch.testing.assert_close(ev.evaluate("phi", phi=L2NormalizedInput(phi)).scores, scores, rtol=1e-4, atol=1e-5)
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--phi", str(phi_file), "--l2-normalize"],
+                tmp_path, tiny_clip_dir) == 0
+    assert _metrics(tmp_path)["cirr/val"] == pytest.approx(expected)
+
+
+def test_fp16_weight_rounding(benchmarks, phi_file, tiny_backbone, tiny_clip_dir, tmp_path):
+    """--precision fp16: every tower weight rounded to fp16, computed in fp32 (the official evaluations' load)."""
+    from zscir.models.backbone import Backbone
+    from zscir.models.phi import load_inversion_network
+
+    rounded = Backbone.load(str(tiny_clip_dir)).round_weights("fp16")
+    for tower in ("text", "vision"):
+        for a, b in zip(getattr(tiny_backbone, tower).parameters(), getattr(rounded, tower).parameters()):
+            assert torch.equal(b, a.half().float()) and b.dtype == torch.float32
+    assert rounded.vision_fingerprint() != tiny_backbone.vision_fingerprint()  # no stale fp32 features reused
+    assert rounded.text_fingerprint() != tiny_backbone.text_fingerprint()
+    split = load_benchmark("cirr", benchmarks["cirr"], "val")[0]
+    phi = load_inversion_network(phi_file)
+    expected, scores = _by_hand(rounded, split, phi)
+    assert not torch.equal(scores, _by_hand(tiny_backbone, split, phi)[1])
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--phi", str(phi_file), "--precision",
+                 "fp16"], tmp_path, tiny_clip_dir) == 0
+    assert _metrics(tmp_path)["cirr/val"] == pytest.approx(expected)

@@ -153,3 +153,19 @@ def test_load_inversion_network_takes_zoo_names_and_hub_ids(tmp_path, monkeypatc
     assert load_inversion_network("searle-vit-b32").config["input_dim"] == P
     with pytest.raises(ModelLoadError, match="no such file or folder"):
         load_inversion_network(tmp_path / "missing.pt")
+
+
+def test_zscir_models_lists_the_zoo_and_what_is_cached(tmp_path, monkeypatch, capsys):
+    from zscir.cli import main
+    from zscir.models.zoo import ZOO, zoo_path
+
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path))
+    first = next(iter(ZOO.values()))
+    zoo_path(first).parent.mkdir(parents=True)
+    zoo_path(first).write_bytes(b"x")
+    assert main(["models"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for name, entry in ZOO.items():
+        assert entry.url in lines[name]
+        assert ("[cached]" in lines[name]) == (entry is first), lines[name]
+        assert entry is first or str(zoo_path(entry)) in lines[name]

@@ -196,12 +196,20 @@ def check_training(config, device: str | None = None, dtype: str | None = None) 
 
 def check_query_models(args: argparse.Namespace) -> None:
     """Validate `add_model_arguments`' options (paths, method needs) without loading anything."""
-    if args.method == "phi" and not args.phi:
-        raise ZscirError("--method phi needs --phi PATH (a SEARLE/LinCIR/Pic2Word checkpoint or zscir folder)")
+    tokens = getattr(args, "tokens", None)
+    if tokens and (args.method != "phi" or args.phi):
+        raise ZscirError("--tokens replaces the inversion network: use it with --method phi and without --phi")
+    if args.method == "phi" and not args.phi and not tokens:
+        raise ZscirError("--method phi needs --phi PATH (a SEARLE/LinCIR/Pic2Word checkpoint, zscir folder, zoo "
+                         "name or hub id) or --tokens DIR (saved OTI tokens)")
     if getattr(args, "text_encoder", None) and args.method == "image":
         raise ZscirError("--text-encoder has no effect with --method image (no text is encoded)")
+    if getattr(args, "l2_normalize", False) and not (args.method == "phi" and args.phi):
+        raise ZscirError("--l2-normalize acts on Phi's input: it needs --method phi with --phi")
+    if tokens:
+        existing_folder(tokens, "--tokens")
     check_model_source(args.phi if args.method == "phi" else None, "--phi")
-    if args.method == "phi":
+    if args.method == "phi" and args.phi:
         check_phi_backbone(args.phi, args.backbone)
     check_backbone(args.backbone)
     check_model_source(getattr(args, "text_encoder", None), "--text-encoder")
@@ -222,10 +230,16 @@ def load_query_models(args: argparse.Namespace, device: str | None = None):
         from zscir.models.text_tower import load_text_tower
 
         backbone = backbone.with_text_tower(load_text_tower(args.text_encoder, like=backbone.text))
+    if getattr(args, "precision", "fp32") == "fp16":
+        backbone.round_weights("fp16")
     phi = None
-    if args.method == "phi":
+    if args.method == "phi" and args.phi:
         phi = load_inversion_network(args.phi, device=device)
         check_fits(phi, backbone)
+        if getattr(args, "l2_normalize", False):
+            from zscir.models.phi import L2NormalizedInput
+
+            phi = L2NormalizedInput(phi)
     return backbone, phi
 
 
@@ -240,8 +254,9 @@ def check_evaluation(args: argparse.Namespace):
     check_query_models(args)
     existing_folder(args.root, "--root")
     if getattr(args, "pseudo_targets", None):
-        if args.method != "phi":
-            raise ZscirError("--pseudo-targets needs --method phi (the pseudo target is inverted by the same Phi)")
+        if args.method != "phi" or not args.phi:
+            raise ZscirError("--pseudo-targets needs --method phi with --phi (the pseudo target is inverted by the "
+                             "same Phi)")
         existing_folder(args.pseudo_targets, "--pseudo-targets")
     return load_benchmark(args.dataset, args.root, args.split, categories=getattr(args, "categories", None),
                           caption_cleaning=getattr(args, "caption_cleaning", "official"))
@@ -283,6 +298,10 @@ def evaluate_from_args(args: argparse.Namespace, splits=None):
         print(f"CIG: alpha {alpha:g} ({source})")
         return evaluate_cig(splits, backbone, phi, cache, options, args.pseudo_targets, alpha, sweep,
                             template=args.template)
+    if getattr(args, "tokens", None):
+        from zscir.evaluation.runner import evaluate_saved_tokens
+
+        return evaluate_saved_tokens(backbone, splits, cache, options, args.tokens, template=args.template)
     return evaluate_splits(backbone, splits, args.method, cache, options, phi=phi, template=args.template)
 
 

@@ -1,6 +1,7 @@
 """`zscir models`: list registered backbones and the checkpoint formats zscir reads."""
 
-HELP = "list registered backbones (name → hub id / folder, dims), prompt templates and checkpoint formats"
+HELP = ("list registered backbones (name → hub id / folder, dims), prompt templates, published inversion networks "
+        "(zoo) and checkpoint formats")
 
 
 def add_arguments(parser) -> None:
@@ -8,7 +9,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """Print the registry as three tables."""
+    """Print the registry as four tables."""
     from pathlib import Path
 
     from zscir.compose import TEMPLATES
@@ -26,6 +27,12 @@ def run(args) -> int:
     print("\nPrompt templates (--template NAME, or any text with $ and {caption}):")
     for name, text in TEMPLATES.items():
         print(f"  {name:<18} {text}")
+    from zscir.models.zoo import ZOO, zoo_path
+
+    print("\nPublished inversion networks (--phi NAME: fetched once into the cache; offline, put the file there):")
+    for name, entry in ZOO.items():
+        state = "[cached]" if zoo_path(entry).is_file() else f"[not cached: {zoo_path(entry)}]"
+        print(f"  {name:<16} {entry.backbone:<9} {entry.url}  {state}")
     print("\nCheckpoint formats (Phi / Pic2Word / RTD text encoder):")
     for name, text in CHECKPOINT_FORMATS.items():
         print(f"  {name:<18} {text}")

@@ -61,6 +61,7 @@ OPTIONS: dict[str, Option] = {
     "phi": _opt("--phi", metavar="PATH",
                 help="inversion network: SEARLE/LinCIR {'Phi'} file, Pic2Word checkpoint or zscir folder"),
     "text-encoder": _opt("--text-encoder", metavar="PATH", help="fine-tuned text tower (RTD .pt file or HF folder)"),
+    "tokens": _opt("--tokens", metavar="DIR", help="OTI token folder written by `zscir invert`"),
     "template": _opt("--template", metavar="NAME|TEXT",
                      help="prompt template: " + TEMPLATES_PLACEHOLDER + ", or a text with $ and {caption}"),
     "method": _opt("--method", choices=METHOD_NAMES, help="how queries are built"),
@@ -186,7 +187,15 @@ def add_model_arguments(parser) -> None:
     add(parser, "method", default="phi")
     add(parser, "phi", help=OPTIONS["phi"].kwargs["help"] + " (needed by --method phi)")
     add(parser, "text-encoder")
+    add(parser, "tokens", help=OPTIONS["tokens"].kwargs["help"] + ": compose each query with the saved token of its "
+        "reference image instead of Phi's (SEARLE's --eval-type oti; --method phi without --phi)")
     add(parser, "template", help=OPTIONS["template"].kwargs["help"] + NETWORK_TEMPLATE)
+    parser.add_argument("--l2-normalize", action="store_true",
+                        help="L2-normalise the image embeddings before Phi (LinCIR's --l2_normalize)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="fp16: round the towers' weights to fp16 and compute in --dtype, as the official LinCIR "
+                        "and SEARLE evaluations load them (published val numbers can differ from fp32 by a query "
+                        "or two because of it; benchmarks/measure_fp16_rounding.py) (default fp32)")
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:

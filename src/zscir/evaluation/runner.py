@@ -384,6 +384,37 @@ def encode_split_images(backbone, splits: Sequence[CIRSplit], cache: FeatureCach
         Evaluator(backbone, split, cache, **(evaluator_options or {})).features()
 
 
+def evaluate_saved_tokens(backbone, splits: Sequence[CIRSplit], cache: FeatureCache, evaluator_options: dict,
+                          token_folder, template: PromptTemplate | str | None = None) -> dict[str, EvalResult]:
+    """Each query composed with the saved OTI token of its reference image (SEARLE's `--eval-type oti`).
+
+    Args:
+        backbone: the `Backbone` the tokens were optimised with (same text tower weights).
+        splits: from `load_benchmark`.
+        cache: the feature cache.
+        evaluator_options: keyword arguments of `Evaluator` (pad_to_ratio, skip_missing, batch_size, ...).
+        token_folder: a `TokenStore` folder written by `zscir invert` holding every reference image.
+        template: prompt template (default "a photo of $ that {caption}").
+    Returns:
+        {split name: EvalResult}.
+    Raises:
+        ZscirError: tokens of another text tower (setting "tokens"); DataError: a reference without a token.
+    """
+    from zscir.training.oti import TokenStore
+
+    store = TokenStore(token_folder)
+    if store.meta.get("text_fingerprint") != backbone.text_fingerprint():
+        raise ZscirError(f"{token_folder}: the OTI tokens were optimised with another text tower than "
+                         f"{backbone.name!r} (other weights or weight rounding); invert with this one",
+                         setting="tokens")
+    results = {}
+    for split in splits:
+        evaluator = Evaluator(backbone, split, cache, **evaluator_options)
+        tokens = store.lookup([q.reference for q in evaluator.split.queries])
+        results[split.name] = evaluator.evaluate("phi", pseudo_tokens=tokens, template=template)
+    return results
+
+
 def summary_metrics(results: dict[str, EvalResult]) -> dict[str, dict[str, float]]:
     """{split name: metrics}, plus "mean" over the splits when there are several (FashionIQ average)."""
     from zscir.evaluation.metrics import mean_metrics

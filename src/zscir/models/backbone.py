@@ -289,6 +289,24 @@ class Backbone:
             chunks.append(self.encode_pixels(self.preprocess(images[start : start + batch_size], pad_to_ratio)))
         return torch.cat(chunks) if chunks else torch.empty(0, self.projection_dim)
 
+    def round_weights(self, dtype: str | torch.dtype = "fp16") -> Backbone:
+        """Round every floating weight and buffer of both towers to `dtype` and back, in place (the computation
+        stays in `self.dtype`). The official LinCIR / SEARLE evaluations do this implicitly: they load the
+        towers in fp16 (`from_pretrained(torch_dtype=float16)`, OpenAI `clip.load` on CUDA) and call `.float()`.
+
+        Returns:
+            self.
+        """
+        target = resolve_dtype(dtype)
+        with torch.no_grad():
+            for tower in (self.text, self.vision):
+                if tower is None:
+                    continue
+                for tensor in [*tower.parameters(), *tower.buffers()]:
+                    if tensor.is_floating_point():
+                        tensor.copy_(tensor.to(target).to(tensor.dtype))
+        return self
+
     def with_text_tower(self, text_tower: torch.nn.Module) -> Backbone:
         """A copy of this backbone whose text tower is replaced (e.g. an RTD fine-tuned one)."""
         config = text_tower.config

@@ -282,6 +282,24 @@ def save_pretrained(net: InversionNetwork, folder: str | Path) -> Path:
     return Path(folder)
 
 
+class L2NormalizedInput(nn.Module):
+    """An inversion network that reads L2-normalised embeddings: v = net(x / ‖x‖) (LinCIR's `--l2_normalize`).
+
+    Keeps the wrapped network's `kind` (its method's prompt) and `config` (dims and backbone), so every check
+    that applies to the network applies to the wrapper.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.kind = getattr(net, "kind", "phi")
+        self.config = net.config
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, P] → [B, H] pseudo tokens of the normalised embeddings."""
+        return self.net(torch.nn.functional.normalize(embeddings, dim=-1))
+
+
 def save_published_phi(phi: Phi, path: str | Path) -> Path:
     """Write the published `{'Phi': state_dict}` format (readable by SEARLE / LinCIR / RTD code)."""
     from zscir.utils.io import atomic_path
