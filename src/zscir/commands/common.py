@@ -326,7 +326,9 @@ def check_validation(args: argparse.Namespace):
     if args.val_dataset is None:
         return None
     if not args.val_root:
-        raise ZscirError("--val-dataset needs --val-root (the benchmark's folder)")
+        recipe = getattr(args, "recipe", None)
+        by_recipe = f" (--recipe {recipe} validates on {args.val_dataset})" if recipe else ""
+        raise ZscirError(f"--val-dataset needs --val-root (the benchmark's folder){by_recipe}")
     from zscir.data.records import load_benchmark
 
     existing_folder(args.val_root, "--val-root")
