@@ -253,3 +253,23 @@ def test_errors_arrive_before_any_heavy_work(tmp_path, capsys, no_heavy_work):
         err = capsys.readouterr().err
         assert code == 2, (argv, err)
         assert expected in err and err.count("\n") == 1, (argv, err)
+
+
+def test_every_readme_command_parses():
+    """The README's `zscir ...` examples use flags that exist ("[--x]" marks an optional flag)."""
+    import shlex
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in re.sub(r"\\\n", " ", block).splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith("zscir ") and "--help" not in line:
+                commands.append(re.sub(r"\[(--[\w-]+)\]", r"\1", line))
+    assert len(commands) >= 10
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"README example does not parse: {command}")
