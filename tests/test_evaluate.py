@@ -439,3 +439,14 @@ def test_fp16_weight_rounding(benchmarks, phi_file, tiny_backbone, tiny_clip_dir
     assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--phi", str(phi_file), "--precision",
                  "fp16"], tmp_path, tiny_clip_dir) == 0
     assert _metrics(tmp_path)["cirr/val"] == pytest.approx(expected)
+
+
+def test_a_template_typo_stops_before_any_encoding_and_lists_the_names(benchmarks, phi_file, tiny_clip_dir,
+                                                                      tmp_path, capsys):
+    from zscir.compose import TEMPLATES
+
+    assert _cli(["--dataset", "cirr", "--root", str(benchmarks["cirr"]), "--phi", str(phi_file), "--template",
+                 "pic2wrd"], tmp_path, tiny_clip_dir) == 2
+    err = capsys.readouterr().err
+    assert "--template" in err and "pic2wrd" in err and all(name in err for name in TEMPLATES)
+    assert not (tmp_path / "cache").exists()  # nothing was encoded

@@ -159,6 +159,16 @@ def check_phi_backbone(phi: str, backbone: str, flag: str = "--phi") -> None:
         raise ZscirError(f"{exc} (--backbone)") from exc
 
 
+def check_template(name_or_text: str, flag: str = "--template") -> None:
+    """A template name or text, checked before anything is encoded (a typo lists the known names)."""
+    from zscir.compose import PromptTemplate
+
+    try:
+        PromptTemplate.named(name_or_text)
+    except ZscirError as exc:
+        raise ZscirError(f"{flag}: {exc}") from exc
+
+
 def check_runtime(device: str | None, dtype: str | None = None, mixed_precision: str | None = None) -> None:
     """Refuse a device that is not there and fp16 without a GPU, before anything is loaded."""
     import torch
@@ -208,6 +218,8 @@ def check_query_models(args: argparse.Namespace) -> None:
         raise ZscirError("--l2-normalize acts on Phi's input: it needs --method phi with --phi")
     if tokens:
         existing_folder(tokens, "--tokens")
+    if getattr(args, "template", None):
+        check_template(args.template)
     check_model_source(args.phi if args.method == "phi" else None, "--phi")
     if args.method == "phi" and args.phi:
         check_phi_backbone(args.phi, args.backbone)
