@@ -13,7 +13,9 @@ the recipe leaves the field at zscir's default and says so in `notes`.
 Official sources (read, never copied):
   SEARLE   miccunifi/SEARLE            src/train_phi.py, src/oti_inversion.py, src/gpt_phrases_generation.py
   LinCIR   navervision/lincir          README.md (training command), train_phi.py (argparse defaults)
-  RTD      the RTD README (ICCV 2025)  training command; its repository is not in the searchable index
+  RTD      the RTD README (ICCV 2025)  training command and train_text_encoder.py argparse defaults, read in a public
+                                       copy of the official repository (LeeHoang2710/RTD, README "This is the
+                                       official PyTorch implementation"); the authors' own repository was not found
   CIG      lan-lw/ComposedImageGen     SEARLE_CIG/src/validate.py, SEARLE_CIG/src/generate_test_submission.py,
                                        test_CIG.py / README.md (generation), extract_lincir_feat.py
 """
@@ -90,7 +92,8 @@ _LINCIR = {
     "max_steps": 20000,  # README: --max_train_steps 20000
     "lr": 1e-4,  # train_phi.py: --learning_rate 1e-4
     "weight_decay": 0.01,  # train_phi.py: --weight_decay 0.01
-    "warmup_steps": 0,  # README: --lr_scheduler constant_with_warmup --lr_warmup_steps 0
+    "lr_scheduler": "constant_with_warmup",  # README: --lr_scheduler constant_with_warmup
+    "warmup_steps": 0,  # README: --lr_warmup_steps 0
     "mixed_precision": "fp16",  # README: --mixed_precision fp16
     "validate_every": 1000,  # README: --validation_steps 1000
     "checkpoint_every": 1000,  # README: --checkpointing_steps 1000
@@ -141,17 +144,19 @@ _SEARLE_OTI = {
 }
 
 _RTD = {
-    # the RTD README (ICCV 2025) training command (/work/shared/seeds: "train_text_encoder.py ..."); METHODS §4
+    # the RTD README (ICCV 2025) training command and train_text_encoder.py defaults (LeeHoang2710/RTD); METHODS §4
     "batch_size": 128,  # --batch_size 128 per GPU, on 4 GPUs (--nproc_per_node 4): the loss sees 128 per process
     "max_steps": 2000,  # --max_train_steps 2000
     "lr": 1e-5,  # --learning_rate 1e-5
-    "warmup_steps": 0,  # --lr_scheduler constant_with_warmup --lr_warmup_steps 0
+    "weight_decay": 0.01,  # train_text_encoder.py --weight_decay 0.01 (AdamW)
+    "lr_scheduler": "constant_with_warmup",  # --lr_scheduler constant_with_warmup
+    "warmup_steps": 0,  # --lr_warmup_steps 0
     "mixed_precision": "fp16",  # --mixed_precision "fp16"
     "validate_every": 100,  # --validation_steps 100
     "checkpoint_every": 100,  # --checkpointing_steps 100
     "seed": 12345,  # --seed 12345
-    "temperature": 0.07,  # the frozen-target contrastive loss τ (METHODS §4)
-    "noise_scale": 0.5,  # v = Phi(ψ(T_r) + 0.5·u·n) (METHODS §4)
+    "temperature": 0.07,  # train_text_encoder.py --tau 0.07 (the frozen-target contrastive loss, METHODS §4)
+    "noise_scale": 0.5,  # train_text_encoder.py --noise_scale 0.5: v = Phi(ψ(T_r) + 0.5·u·n)
     "val_dataset": "cirr",  # --cirr_dataset_path: best by CIRR val R@1
 }
 
