@@ -43,7 +43,7 @@ def _build(root: Path, images: int) -> Path:
     from zscir.models.backbone import Backbone
     from zscir.models.factory import ClipSize, build_clip, save_clip_folder
     from zscir.models.tokenizer import train_clip_tokenizer
-    from zscir.search.indexer import index_folder
+    from zscir.retrieval.indexer import index_folder
 
     corpus = CAPTIONS + ["a photo of $ that is blue", "a photo of a red circle on a white background"]
     tokenizer = train_clip_tokenizer(corpus * 8, vocab_size=600, model_max_length=24)
@@ -64,7 +64,7 @@ def _serve(root: str, config: str) -> None:
 
     from zscir.models.backbone import Backbone
     from zscir.models.phi import Phi
-    from zscir.search.service import SearchService
+    from zscir.retrieval.service import SearchService
     from zscir.web.app import start_server
     from zscir.web.limits import ServerLimits
 

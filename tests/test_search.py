@@ -51,14 +51,14 @@ def phi_dir(tmp_path, tiny_size):
 
 
 def _index(gallery, backbone, out, **kw):
-    from zscir.search.indexer import index_folder
+    from zscir.retrieval.indexer import index_folder
 
     return index_folder(gallery, backbone, out, progress=False, **kw)
 
 
 # ---- indexing ---------------------------------------------------------------------------------------
 def test_list_images_recursive_extensions_hidden_and_index_excluded(gallery):
-    from zscir.search.indexer import list_images
+    from zscir.retrieval.indexer import list_images
 
     _png(gallery / "idx" / "chunk.png", 5)  # an index folder inside the gallery is not indexed
     found = list_images(gallery, exclude=gallery / "idx")
@@ -67,7 +67,7 @@ def test_list_images_recursive_extensions_hidden_and_index_excluded(gallery):
 
 
 def test_index_skips_unreadable_and_writes_manifest(gallery, tiny_backbone, tmp_path):
-    from zscir.search.indexer import load_ids, read_manifest
+    from zscir.retrieval.indexer import load_ids, read_manifest
 
     report = _index(gallery, tiny_backbone, tmp_path / "idx", chunk_size=3)
     assert (report.count, report.encoded, report.reused, report.removed) == (7, 7, 0, 0)
@@ -81,7 +81,7 @@ def test_index_skips_unreadable_and_writes_manifest(gallery, tiny_backbone, tmp_
 
 
 def test_incremental_rerun_encodes_only_new_and_changed_files(gallery, tiny_backbone, tmp_path):
-    from zscir.search.indexer import load_ids
+    from zscir.retrieval.indexer import load_ids
 
     out = tmp_path / "idx"
     _index(gallery, tiny_backbone, out, chunk_size=3)
@@ -104,7 +104,7 @@ def test_incremental_rerun_encodes_only_new_and_changed_files(gallery, tiny_back
 
 def _assert_same_index(a, b):
     from zscir.retrieval.index import load_index
-    from zscir.search.indexer import load_ids, read_manifest
+    from zscir.retrieval.indexer import load_ids, read_manifest
 
     assert load_ids(a) == load_ids(b)
     va = load_index(a / read_manifest(a)["snapshot"]).vectors
@@ -159,7 +159,7 @@ def test_search_equals_brute_force_for_every_method(gallery, tiny_backbone, phi_
     from zscir.compose import compose_queries
     from zscir.data.images import load_image
     from zscir.models.phi import load_inversion_network
-    from zscir.search.service import SearchService
+    from zscir.retrieval.service import SearchService
 
     out = tmp_path / "idx"
     _index(gallery, tiny_backbone, out, backend=backend)
@@ -190,7 +190,7 @@ def test_search_equals_brute_force_for_every_method(gallery, tiny_backbone, phi_
 
 
 def test_service_bad_input_messages(gallery, tiny_backbone, phi_dir, tmp_path):
-    from zscir.search.service import SearchService, check_caption
+    from zscir.retrieval.service import SearchService, check_caption
 
     out = tmp_path / "idx"
     _index(gallery, tiny_backbone, out)
@@ -217,7 +217,7 @@ def test_service_bad_input_messages(gallery, tiny_backbone, phi_dir, tmp_path):
 
 def test_service_refuses_other_backbone_weights(gallery, tiny_backbone, tmp_path):
     from zscir.errors import ModelLoadError
-    from zscir.search.service import SearchService
+    from zscir.retrieval.service import SearchService
 
     _index(gallery, tiny_backbone, tmp_path / "idx")
     with torch.no_grad():
@@ -269,7 +269,7 @@ def test_cli_bad_input_is_one_clear_line(gallery, tiny_clip_dir, tmp_path, capsy
 
 
 def test_missing_index_folder_message(tmp_path):
-    from zscir.search.service import load_service
+    from zscir.retrieval.service import load_service
 
     with pytest.raises(ZscirError, match="does not exist; build it with `zscir index"):
         load_service(tmp_path / "nope")
@@ -279,7 +279,7 @@ def test_missing_index_folder_message(tmp_path):
 
 
 def test_default_serve_without_world_says_run_demo(tmp_path, monkeypatch):
-    from zscir.search.defaults import ensure_world_index
+    from zscir.demo.world_index import ensure_world_index
 
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ZscirError, match="run `zscir demo`"):
@@ -293,7 +293,7 @@ def test_pseudo_target_is_fused_like_the_definition(gallery, tiny_backbone, phi_
     from zscir.compose import compose_queries
     from zscir.data.images import load_image
     from zscir.models.phi import load_inversion_network
-    from zscir.search.service import SearchService
+    from zscir.retrieval.service import SearchService
 
     out = tmp_path / "idx"
     _index(gallery, tiny_backbone, out)
@@ -332,7 +332,7 @@ def test_cig_generator_on_a_tiny_sdxl(gallery, tiny_backbone, tiny_clip_dir, phi
     from zscir.generation.options import GenerationConfig
     from zscir.generation.tiny import build_tiny_sdxl
     from zscir.models.phi import load_inversion_network
-    from zscir.search.service import SearchService, cig_generator
+    from zscir.retrieval.service import SearchService, cig_generator
 
     _index(gallery, tiny_backbone, tmp_path / "idx")
     phi = load_inversion_network(phi_dir)

@@ -36,8 +36,8 @@ def gallery(tmp_path_factory):
 def service(gallery, tiny_clip_dir, tiny_size):
     from zscir.models.backbone import Backbone
     from zscir.models.phi import Phi
-    from zscir.search.indexer import index_folder
-    from zscir.search.service import SearchService
+    from zscir.retrieval.indexer import index_folder
+    from zscir.retrieval.service import SearchService
 
     backbone = Backbone.load(str(tiny_clip_dir))
     index_folder(gallery, backbone, gallery.parent / "index", progress=False)
@@ -187,7 +187,7 @@ def test_upload_above_the_limit_is_413(small_limits_client):
 def test_too_many_pixels_is_400_before_decoding(small_limits_client, monkeypatch):
     from PIL import Image
 
-    import zscir.search.service as service_module
+    import zscir.retrieval.service as service_module
 
     decoded = []
     real = service_module.open_reference

@@ -45,8 +45,8 @@ def server(tmp_path_factory, tiny_clip_dir, tiny_size):
 
     from zscir.models.backbone import Backbone
     from zscir.models.phi import Phi
-    from zscir.search.indexer import index_folder
-    from zscir.search.service import SearchService
+    from zscir.retrieval.indexer import index_folder
+    from zscir.retrieval.service import SearchService
     from zscir.web.app import start_server
 
     root = tmp_path_factory.mktemp("web")

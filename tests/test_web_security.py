@@ -31,8 +31,8 @@ def _png(path: Path, seed: int, size: int = 20) -> Path:
 def site(tmp_path_factory, tiny_clip_dir):
     """A server on 127.0.0.1 over a gallery that also holds files the index skips, plus a planted secret."""
     from zscir.models.backbone import Backbone
-    from zscir.search.indexer import index_folder
-    from zscir.search.service import SearchService
+    from zscir.retrieval.indexer import index_folder
+    from zscir.retrieval.service import SearchService
     from zscir.web.app import start_server
 
     root = tmp_path_factory.mktemp("websec")

@@ -33,7 +33,7 @@ def served(monkeypatch):
 def test_serve_after_demo_fast_finds_the_fast_world_and_says_it_is_untrained(tmp_path, monkeypatch, capsys,
                                                                                  tiny_clip_dir, served):
     from zscir.cli import main
-    from zscir.search.defaults import FAST_NOTICE
+    from zscir.demo.world_index import FAST_NOTICE
 
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
     _world(tmp_path / "cache", "world-fast", tiny_clip_dir, images=3)
@@ -73,7 +73,7 @@ def test_serve_after_demo_fast_with_the_shipped_clip_in_the_full_world_folder(tm
     """The layout `zscir demo --fast` really leaves: the fast world's gallery in world-fast/, and the shipped
     world CLIP unpacked once into world/synthetic-clip (no full-world gallery)."""
     from zscir.cli import main
-    from zscir.search.defaults import FAST_NOTICE
+    from zscir.demo.world_index import FAST_NOTICE
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("ZSCIR_CACHE", str(cache))

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Index the folder; print one summary line plus the skipped files. Returns 0."""
     from zscir.models.backbone import Backbone
     from zscir.retrieval.shards import process_group
-    from zscir.search.indexer import index_folder
+    from zscir.retrieval.indexer import index_folder
 
     existing_folder(args.images, "--images")
     check_backbone(args.backbone)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(report.summary())
     if args.backend == "ivfpq":
-        from zscir.search.indexer import read_manifest
+        from zscir.retrieval.indexer import read_manifest
 
         p = read_manifest(args.out)["index_params"]
         print(f"ivfpq: {p['spec']}, nprobe {p['nprobe']}, rerank {p['rerank']}: recall@{p['k']} {p['recall']:.3f} "

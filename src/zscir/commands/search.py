@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from zscir.errors import ZscirError
-    from zscir.search.service import check_caption, load_service, open_reference
+    from zscir.retrieval.service import check_caption, load_service, open_reference
 
     if args.method == "phi" and not args.phi:
         raise ZscirError("--method phi needs --phi PATH (an inversion network); or use --method image, text or sum")

@@ -51,14 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted. Returns 0."""
-    from zscir.search.service import load_service
+    from zscir.retrieval.service import load_service
     from zscir.web.app import serve
 
     limits = ServerLimits(max_body_bytes=int(args.max_body_mb * MiB), max_upload_bytes=int(args.max_upload_mb * MiB),
                           max_pixels=int(args.max_megapixels * 1e6), workers=args.workers)
     index, phi, notice = args.index, args.phi, None
     if index is None:
-        from zscir.search.defaults import FAST_NOTICE, ensure_world_index, is_fast, served_world, world_phi
+        from zscir.demo.world_index import FAST_NOTICE, ensure_world_index, is_fast, served_world, world_phi
 
         world = served_world()
         index = ensure_world_index(world)
@@ -84,7 +84,7 @@ def _generator(args: argparse.Namespace, service):
     from zscir.generation.cig import load_generator
     from zscir.generation.conditioning import build_composed_conditioner
     from zscir.generation.options import GenerationConfig
-    from zscir.search.service import cig_generator
+    from zscir.retrieval.service import cig_generator
 
     if service.phi is None:
         raise ZscirError("--generator needs --phi (pseudo targets are generated from Phi's pseudo token)")

@@ -92,7 +92,7 @@ def build_app(service, examples: int = 8, k_default: int = 10, limits: ServerLim
     """A FastAPI app serving the Gradio page at "/", the JSON API under "/api" and indexed images.
 
     Args:
-        service: a `zscir.search.service.SearchService`.
+        service: a `zscir.retrieval.service.SearchService`.
         examples: gallery images offered as examples on the page.
         k_default: initial number of results on the page.
         limits: request limits and worker pool size (default `ServerLimits()`).

@@ -128,7 +128,7 @@ class SearchService:
     """Load an index folder and the models needed to query it.
 
     Args:
-        index_dir: a folder written by `zscir index` (`zscir.search.indexer.index_folder`).
+        index_dir: a folder written by `zscir index` (`zscir.retrieval.indexer.index_folder`).
         phi: inversion network (path or module) enabling the "phi" method; None disables it.
         text_encoder: a fine-tuned text tower (path: HF folder or RTD .pt) replacing the backbone's.
         backbone: an already loaded `Backbone` (default: load the one named in the manifest).
@@ -147,7 +147,7 @@ class SearchService:
                  template: str | None = None, device: str = "cpu"):
         from zscir.compose import PromptTemplate
         from zscir.retrieval.index import load_index
-        from zscir.search.indexer import load_ids, read_manifest
+        from zscir.retrieval.indexer import load_ids, read_manifest
 
         self.index_dir = Path(index_dir).expanduser()
         self.manifest = read_manifest(self.index_dir)

@@ -1,4 +1,4 @@
-"""Offline defaults of the search service: the synthetic world's gallery and tiny models built by `zscir demo`.
+"""Defaults of `zscir serve` without arguments: the synthetic world's gallery and tiny models built by `zscir demo`.
 
     {cache}/world/data/cirr/dev/       gallery served by `zscir serve` without arguments (CIRR-style val images)
     {cache}/world/synthetic-clip/      the tiny CLIP (registered backbone `synthetic-clip`; the fast world uses
@@ -88,7 +88,7 @@ def ensure_world_index(world: Path | None = None, progress: bool = True) -> Path
     Raises:
         ZscirError: the world or its tiny CLIP is absent ("run `zscir demo` first").
     """
-    from zscir.search.indexer import MANIFEST_NAME, index_folder
+    from zscir.retrieval.indexer import MANIFEST_NAME, index_folder
 
     world = world or served_world()
     index_dir = default_index_dir(world)

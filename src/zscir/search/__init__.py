@@ -1,1 +1,0 @@
-"""Search your own images: index a folder (`indexer`), query it with image + text (`service`)."""
