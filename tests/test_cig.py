@@ -323,9 +323,9 @@ def test_unreachable_generator_gives_a_clear_message(tmp_path, monkeypatch):
 
 def test_fusion(tiny_backbone, split, tmp_path):
     from zscir.compose import compose_queries
+    from zscir.evaluation.fusion import alpha_sweep, evaluate_cig, evaluate_fused, pseudo_target_queries
     from zscir.evaluation.runner import Evaluator
     from zscir.generation.cig import image_path
-    from zscir.generation.fusion import alpha_sweep, evaluate_cig, evaluate_fused, pseudo_target_queries
     from zscir.models.phi import Phi
     from zscir.retrieval.features import FeatureCache
 

@@ -320,9 +320,9 @@ def test_submit_with_pseudo_targets_fuses_with_the_published_alpha(benchmarks, p
                                                                    tiny_backbone, tmp_path, capsys):
     """`zscir submit --pseudo-targets DIR`: CIRR test is fused with α 0.5 (lan-lw/ComposedImageGen
     SEARLE_CIG/src/generate_test_submission.py) unless --alpha is given; the files equal ranking the fused queries."""
+    from zscir.evaluation.fusion import pseudo_target_queries
     from zscir.evaluation.submission import write_submission
     from zscir.generation.cig import image_path
-    from zscir.generation.fusion import pseudo_target_queries
     from zscir.models.phi import load_inversion_network
 
     root = benchmarks["cirr"]

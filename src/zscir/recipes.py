@@ -38,6 +38,8 @@ CIG_ALPHA: dict[tuple[str, str], float] = {
 # α where the table has no entry (CIRCO val, CIRR train, a folder index): the CIRR val value, the one
 # chosen on a val split. Choose your own with `zscir evaluate --alpha-sweep` on val.
 DEFAULT_ALPHA: float = CIG_ALPHA[("cirr", "val")]
+# The α values `zscir evaluate --alpha-sweep` (no values) and the demo try: 0.50, 0.55, ..., 1.00.
+ALPHA_SWEEP: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(10, 21))
 
 _SPLIT_ALIASES = {"test1": "test", "dev": "val"}
 

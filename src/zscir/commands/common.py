@@ -302,10 +302,11 @@ def evaluate_from_args(args: argparse.Namespace, splits=None):
         if not group.is_main:
             return None
     if getattr(args, "pseudo_targets", None):
-        from zscir.generation.fusion import DEFAULT_SWEEP, evaluate_cig
+        from zscir.evaluation.fusion import evaluate_cig
+        from zscir.recipes import ALPHA_SWEEP
 
         sweep_values = getattr(args, "alpha_sweep", None)
-        sweep = None if sweep_values is None else (sweep_values or DEFAULT_SWEEP)
+        sweep = None if sweep_values is None else (sweep_values or ALPHA_SWEEP)
         alpha, source = cig_alpha_of(args)
         print(f"CIG: alpha {alpha:g} ({source})")
         return evaluate_cig(splits, backbone, phi, cache, options, args.pseudo_targets, alpha, sweep,

@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Index the folder; print one summary line plus the skipped files. Returns 0."""
     from zscir.models.backbone import Backbone
-    from zscir.retrieval.shards import process_group
     from zscir.retrieval.indexer import index_folder
+    from zscir.retrieval.shards import process_group
 
     existing_folder(args.images, "--images")
     check_backbone(args.backbone)

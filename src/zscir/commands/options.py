@@ -231,7 +231,7 @@ def add_recipe_arguments(parser, command: str) -> None:
 def add_cig_arguments(parser, sweep: bool) -> None:
     """`--pseudo-targets DIR`, `--alpha X` (default: the published α of the split) and, with `sweep`,
     `--alpha-sweep` (`evaluate`; `submit` ranks a test split, where no α is chosen)."""
-    cig = parser.add_argument_group("CIG pseudo targets (method phi; see zscir.generation.fusion)")
+    cig = parser.add_argument_group("CIG pseudo targets (method phi; see zscir.evaluation.fusion)")
     add(cig, "pseudo-targets")
     add(cig, "alpha")
     if sweep:

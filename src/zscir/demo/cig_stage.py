@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from zscir.demo.world_models import DONE, stage_done, stage_report
+from zscir.recipes import ALPHA_SWEEP
 from zscir.utils.io import write_json_atomic
 
 ROW = "LinCIR + CIG"
@@ -80,7 +81,7 @@ class CIGStageSettings:
     selection_every: int = 2
     selection_queries: int = 200
     train_images: int | None = None
-    alphas: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(10, 21))
+    alphas: tuple[float, ...] = ALPHA_SWEEP
     seed: int = 0
 
 
@@ -370,9 +371,9 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
         "target"}], "grid": PNG path, "vae": {...}, "generator": {...}, "generation": {...},
         "missing": {split: count}, "timings": {...}, "seconds", "reused"}.
     """
+    from zscir.evaluation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
     from zscir.evaluation.runner import Evaluator
     from zscir.generation.cig import image_path
-    from zscir.generation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
     from zscir.models.backbone import fingerprint_module
 
     start = time.time()

@@ -11,7 +11,8 @@ to α = 1 (q = f_ref) and is counted. α = 1 is exactly plain Phi retrieval.
 
 α: the published value per benchmark and split is data in `zscir.recipes.CIG_ALPHA` (0.5 CIRR test,
 0.7 CIRCO test, 0.85 CIRR val, 0.9 FashionIQ; `cig_alpha(dataset, split)`), DEFAULT_ALPHA (0.85, the
-CIRR val one) elsewhere; choose yours with `alpha_sweep` on a val split, never on test.
+CIRR val one) elsewhere, the sweep `zscir.recipes.ALPHA_SWEEP`; choose yours with `alpha_sweep` on a val
+split, never on test.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import torch
 
 from zscir.compose import fuse_queries
 from zscir.errors import ZscirError
-from zscir.recipes import DEFAULT_ALPHA
-
-DEFAULT_SWEEP = tuple(round(0.05 * i, 2) for i in range(10, 21))  # 0.50, 0.55, ..., 1.00
+from zscir.evaluation.runner import Evaluator, pseudo_tokens_of, summary_metrics
+from zscir.generation.cig import image_path
+from zscir.recipes import ALPHA_SWEEP, DEFAULT_ALPHA
 
 
 @dataclass
@@ -60,8 +61,6 @@ def pseudo_target_features(evaluator, pseudo_dir: str | Path) -> tuple[torch.Ten
     Returns:
         ([Q, P] embeddings (zero rows where missing), [Q] bool present, {query id: reason} missing).
     """
-    from zscir.generation.cig import image_path
-
     queries = evaluator.split.queries
     present, missing, images = [], {}, {}
     for q in queries:
@@ -101,8 +100,6 @@ def pseudo_target_queries(evaluator, phi: torch.nn.Module, pseudo_dir: str | Pat
     Returns:
         PseudoTargetQueries.
     """
-    from zscir.evaluation.runner import pseudo_tokens_of
-
     if phi is None:
         raise ZscirError("CIG fusion needs the inversion network of the backbone", setting="phi")
     reference = evaluator.query_vectors("phi", phi=phi, template=template, text_tower=text_tower)
@@ -126,7 +123,7 @@ def evaluate_fused(evaluator, queries: PseudoTargetQueries, alpha: float = DEFAU
 
 
 def alpha_sweep(evaluators: Sequence, queries: Sequence[PseudoTargetQueries],
-                alphas: Sequence[float] = DEFAULT_SWEEP) -> dict[float, dict[str, dict[str, float]]]:
+                alphas: Sequence[float] = ALPHA_SWEEP) -> dict[float, dict[str, dict[str, float]]]:
     """Metrics of every α on val splits (f_ref and f_gen are encoded once, only the fusion varies).
 
     Args:
@@ -136,8 +133,6 @@ def alpha_sweep(evaluators: Sequence, queries: Sequence[PseudoTargetQueries],
     Returns:
         {α: {split name (+ "mean" over several): metrics}} as `summary_metrics` gives them.
     """
-    from zscir.evaluation.runner import summary_metrics
-
     if not all(ev.split.has_targets for ev in evaluators):
         raise ZscirError("an α sweep needs a split with targets (val), not test")
     return {float(a): summary_metrics({ev.split.name: evaluate_fused(ev, q, a) for ev, q in zip(evaluators, queries)})
@@ -172,8 +167,6 @@ def evaluate_cig(splits: Sequence, backbone, phi: torch.nn.Module, cache, evalua
     Returns:
         {split name: EvalResult} at `alpha`.
     """
-    from zscir.evaluation.runner import Evaluator
-
     evaluators = [Evaluator(backbone, s, cache, **(evaluator_options or {})) for s in splits]
     queries = [pseudo_target_queries(ev, phi, pseudo_dir, template, text_tower) for ev in evaluators]
     for ev, q in zip(evaluators, queries):
