@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zscir.cli import main
-from zscir.compose import PromptTemplate, compose_queries
+from zscir.compose import PromptTemplate, compose_queries, text_queries
 from zscir.data.images import load_image
 from zscir.data.records import load_benchmark
 from zscir.evaluation.metrics import evaluate_split
-from zscir.evaluation.runner import Evaluator, text_queries
+from zscir.evaluation.runner import Evaluator
 from zscir.retrieval.features import FeatureCache
 
 CAPTIONS = ["is red instead", "has a blue square", "shows two circles.", "is darker and smaller",

@@ -1,12 +1,14 @@
-"""Composed queries: prompt templates (data), caption cleaning, query composition, CIG fusion.
+"""Composed queries: prompt templates (data), caption cleaning, query composition, methods, CIG fusion.
 
-The one place that turns (pseudo token, relative caption(s)) into a normalised query vector.
+The one place that turns (reference features / pseudo token, relative caption(s)) into a normalised
+query vector: `METHODS` maps each retrieval method to its query builder, read by the evaluator, the
+search service, RTD validation and CIG alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -112,12 +114,7 @@ def compose_queries(
     template = template or PromptTemplate()
     if len(captions) != pseudo_tokens.shape[0]:
         raise ValueError(f"{len(captions)} caption tuples for {pseudo_tokens.shape[0]} pseudo tokens")
-    prompts, owners = [], []
-    for row, caps in enumerate(captions):
-        for text in caption_variants(caps):
-            prompts.append(template.format(text))
-            owners.append(row)
-    owner_index = torch.tensor(owners, dtype=torch.long)
+    prompts, owner_index = _variant_prompts(captions, template.format)
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
@@ -125,9 +122,125 @@ def compose_queries(
             out = backbone.encode_composed(prompts[start : start + batch_size], pseudo_tokens[rows],
                                            text_tower=text_tower)
             chunks.append(F.normalize(out.text_embeds.float().cpu(), dim=-1))
-    per_prompt = torch.cat(chunks)
-    summed = torch.zeros(len(captions), per_prompt.shape[1]).index_add_(0, owner_index, per_prompt)
+    return _average_per_query(torch.cat(chunks), owner_index, len(captions))
+
+
+def _variant_prompts(captions: Sequence[Sequence[str]], prompt_of) -> tuple[list[str], torch.Tensor]:
+    """Every caption variant of every query as a prompt, and [V] the query row each prompt belongs to."""
+    prompts, owners = [], []
+    for row, caps in enumerate(captions):
+        for text in caption_variants(caps):
+            prompts.append(prompt_of(text))
+            owners.append(row)
+    return prompts, torch.tensor(owners, dtype=torch.long)
+
+
+def _average_per_query(per_prompt: torch.Tensor, owner_index: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """[num_queries, P] normalised mean of the normalised [V, P] prompt embeddings of each query."""
+    summed = torch.zeros(num_queries, per_prompt.shape[1]).index_add_(0, owner_index, per_prompt)
     return F.normalize(summed, dim=-1)
+
+
+@dataclass
+class QueryInputs:
+    """What a query builder may read (rows = the active queries).
+
+    Attributes:
+        backbone: the backbone, with the fine-tuned text tower already swapped in if one was given.
+        reference_features: [Q, P] raw (unnormalised) reference image embeddings.
+        captions: Q tuples of caption texts (CIRCO concept text already applied).
+        phi: the inversion network or None.
+        pseudo_tokens: [Q, H] given pseudo tokens (override Phi), or None.
+        template: the prompt template of Phi-based methods.
+        batch_size: text batch size.
+    """
+
+    backbone: object
+    reference_features: torch.Tensor
+    captions: list[tuple[str, ...]]
+    phi: torch.nn.Module | None = None
+    pseudo_tokens: torch.Tensor | None = None
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    batch_size: int = 256
+
+
+def text_queries(backbone, captions: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
+    """Normalised caption embeddings; two captions (FashionIQ) are joined in both orders and averaged.
+
+    Args:
+        backbone: a `Backbone` (its text tower encodes).
+        captions: Q tuples of 1 or 2 captions.
+        batch_size: prompts per forward pass.
+    Returns:
+        [Q, P] float32 L2-normalised.
+    """
+    prompts, owner_index = _variant_prompts(captions, str)  # the same variants compose_queries uses
+    per_prompt = F.normalize(backbone.encode_text(prompts, batch_size=batch_size), dim=-1)
+    return _average_per_query(per_prompt, owner_index, len(captions))
+
+
+def pseudo_tokens_of(phi: torch.nn.Module, image_features: torch.Tensor, device=None) -> torch.Tensor:
+    """v = Phi(image_embeds) for raw (unnormalised) image embeddings.
+
+    Args:
+        phi: Phi or Pic2Word mapper (eval mode).
+        image_features: [N, P].
+        device: where Phi runs (default: where its weights are).
+    Returns:
+        [N, H] float32 CPU pseudo tokens.
+    """
+    weight = next(phi.parameters())
+    device = device or weight.device
+    with torch.inference_mode():
+        return phi(image_features.to(device, weight.dtype)).float().cpu()
+
+
+def _image_builder(x: QueryInputs) -> torch.Tensor:
+    return F.normalize(x.reference_features, dim=-1)
+
+
+def _text_builder(x: QueryInputs) -> torch.Tensor:
+    return text_queries(x.backbone, x.captions, x.batch_size)
+
+
+def _sum_builder(x: QueryInputs) -> torch.Tensor:
+    return F.normalize(_image_builder(x) + _text_builder(x), dim=-1)
+
+
+def _phi_builder(x: QueryInputs) -> torch.Tensor:
+    tokens = x.pseudo_tokens
+    if tokens is None:
+        if x.phi is None:
+            raise ZscirError("method 'phi' needs an inversion network or pseudo tokens", setting="phi")
+        tokens = pseudo_tokens_of(x.phi, x.reference_features, x.backbone.device)
+    return compose_queries(x.backbone, tokens, x.captions, x.template, x.batch_size)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A retrieval method: how it builds its [Q, P] normalised query matrix.
+
+    Attributes:
+        name: CLI name.
+        build: QueryInputs -> [Q, P] normalised queries.
+        uses_text: reads the captions (so a fine-tuned text tower matters).
+        needs_phi: needs an inversion network (or given pseudo tokens).
+        description: one line for help texts.
+    """
+
+    name: str
+    build: Callable[[QueryInputs], torch.Tensor]
+    uses_text: bool
+    needs_phi: bool
+    description: str
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("image", _image_builder, False, False, "reference image embedding only"),
+    Method("text", _text_builder, True, False, "relative caption text embedding only"),
+    Method("sum", _sum_builder, True, False, "normalize(normalize(image) + normalize(text))"),
+    Method("phi", _phi_builder, True, True, "SEARLE / LinCIR / Pic2Word: compose 'a photo of $ that {caption}'"),
+]}
 
 
 def fuse_queries(reference_queries: torch.Tensor, generated_queries: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 DATASETS = ("cirr", "fashioniq", "circo")
 DTYPES = ("fp32", "fp16", "bf16")
-METHOD_NAMES = ("phi", "image", "text", "sum")  # = zscir.evaluation.runner.METHODS (kept light for --help)
+METHOD_NAMES = ("phi", "image", "text", "sum")  # = zscir.compose.METHODS (kept light for --help)
 REAL_BACKBONE = "ViT-L/14"  # the default backbone of commands that read real images (SDXL's tower 1 too)
 TEMPLATES_PLACEHOLDER = "{templates}"  # expanded by HelpFormatter with the registered template names
 # the default of a query's --template: zscir.prompts.METHOD_TEMPLATES (each network kind its own method's prompt)

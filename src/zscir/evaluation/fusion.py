@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from zscir.compose import fuse_queries
+from zscir.compose import fuse_queries, pseudo_tokens_of
 from zscir.errors import ZscirError
-from zscir.evaluation.runner import Evaluator, pseudo_tokens_of, summary_metrics
+from zscir.evaluation.runner import Evaluator, summary_metrics
 from zscir.generation.cig import image_path
 from zscir.recipes import ALPHA_SWEEP, DEFAULT_ALPHA
 

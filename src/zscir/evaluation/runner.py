@@ -1,4 +1,4 @@
-"""The evaluation protocol: methods as data, one query builder per method, everything else shared.
+"""The evaluation protocol: queries of a method (`zscir.compose.METHODS`) scored against one shared gallery.
 
     features (cached) ─► queries (method) ─► scores = queries @ normalize(gallery)ᵀ ─► metrics / submission
 
@@ -16,126 +16,23 @@ failed are dropped, and the result says how many (`EvalResult.dropped_queries`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from zscir.compose import PromptTemplate, caption_variants, compose_queries
+from zscir.compose import METHODS, Method, PromptTemplate, QueryInputs
+from zscir.data.images import check_images
 from zscir.data.records import CIRSplit
 from zscir.errors import DataError, ZscirError
+from zscir.evaluation.metrics import evaluate_split, mean_metrics
+from zscir.models.backbone import fingerprint_module
+from zscir.models.phi import check_fits
 from zscir.retrieval.features import FeatureCache, ImageFeatures
 
 # How a CIRCO query's text is built from its caption (and shared concept): data, not code paths.
 CIRCO_TEXTS: dict[str, str] = {"caption": "{caption}", "concept": "find {concept} but {caption}"}
-
-
-@dataclass
-class QueryInputs:
-    """What a query builder may read (rows = the active queries).
-
-    Attributes:
-        backbone: the backbone, with the fine-tuned text tower already swapped in if one was given.
-        reference_features: [Q, P] raw (unnormalised) reference image embeddings.
-        captions: Q tuples of caption texts (CIRCO concept text already applied).
-        phi: the inversion network or None.
-        pseudo_tokens: [Q, H] given pseudo tokens (override Phi), or None.
-        template: the prompt template of Phi-based methods.
-        batch_size: text batch size.
-    """
-
-    backbone: object
-    reference_features: torch.Tensor
-    captions: list[tuple[str, ...]]
-    phi: torch.nn.Module | None = None
-    pseudo_tokens: torch.Tensor | None = None
-    template: PromptTemplate = field(default_factory=PromptTemplate)
-    batch_size: int = 256
-
-
-def text_queries(backbone, captions: Sequence[Sequence[str]], batch_size: int = 256) -> torch.Tensor:
-    """Normalised caption embeddings; two captions (FashionIQ) are joined in both orders and averaged.
-
-    Args:
-        backbone: a `Backbone` (its text tower encodes).
-        captions: Q tuples of 1 or 2 captions.
-        batch_size: prompts per forward pass.
-    Returns:
-        [Q, P] float32 L2-normalised.
-    """
-    prompts, owners = [], []
-    for row, caps in enumerate(captions):
-        for text in caption_variants(caps):  # the same variants compose_queries uses
-            prompts.append(text)
-            owners.append(row)
-    per_prompt = F.normalize(backbone.encode_text(prompts, batch_size=batch_size), dim=-1)
-    summed = torch.zeros(len(captions), per_prompt.shape[1]).index_add_(0, torch.tensor(owners), per_prompt)
-    return F.normalize(summed, dim=-1)
-
-
-def pseudo_tokens_of(phi: torch.nn.Module, image_features: torch.Tensor, device=None) -> torch.Tensor:
-    """v = Phi(image_embeds) for raw (unnormalised) image embeddings.
-
-    Args:
-        phi: Phi or Pic2Word mapper (eval mode).
-        image_features: [N, P].
-        device: where Phi runs (default: where its weights are).
-    Returns:
-        [N, H] float32 CPU pseudo tokens.
-    """
-    weight = next(phi.parameters())
-    device = device or weight.device
-    with torch.inference_mode():
-        return phi(image_features.to(device, weight.dtype)).float().cpu()
-
-
-def _image_builder(x: QueryInputs) -> torch.Tensor:
-    return F.normalize(x.reference_features, dim=-1)
-
-
-def _text_builder(x: QueryInputs) -> torch.Tensor:
-    return text_queries(x.backbone, x.captions, x.batch_size)
-
-
-def _sum_builder(x: QueryInputs) -> torch.Tensor:
-    return F.normalize(_image_builder(x) + _text_builder(x), dim=-1)
-
-
-def _phi_builder(x: QueryInputs) -> torch.Tensor:
-    tokens = x.pseudo_tokens
-    if tokens is None:
-        if x.phi is None:
-            raise ZscirError("method 'phi' needs an inversion network or pseudo tokens", setting="phi")
-        tokens = pseudo_tokens_of(x.phi, x.reference_features, x.backbone.device)
-    return compose_queries(x.backbone, tokens, x.captions, x.template, x.batch_size)
-
-
-@dataclass(frozen=True)
-class Method:
-    """A retrieval method: how it builds its [Q, P] normalised query matrix.
-
-    Attributes:
-        name: CLI name.
-        build: QueryInputs -> [Q, P] normalised queries.
-        uses_text: reads the captions (so a fine-tuned text tower matters).
-        needs_phi: needs an inversion network (or given pseudo tokens).
-        description: one line for help texts.
-    """
-
-    name: str
-    build: Callable[[QueryInputs], torch.Tensor]
-    uses_text: bool
-    needs_phi: bool
-    description: str
-
-
-METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("image", _image_builder, False, False, "reference image embedding only"),
-    Method("text", _text_builder, True, False, "relative caption text embedding only"),
-    Method("sum", _sum_builder, True, False, "normalize(normalize(image) + normalize(text))"),
-    Method("phi", _phi_builder, True, True, "SEARLE / LinCIR / Pic2Word: compose 'a photo of $ that {caption}'"),
-]}
 
 
 @dataclass
@@ -217,8 +114,6 @@ class Evaluator:
 
     def _fail_fast(self, paths) -> None:
         """Stop before encoding anything when files are missing (cheap directory listings)."""
-        from zscir.data.images import check_images
-
         report = check_images(paths, decode="none", progress=False)
         if report.missing:
             failed = {str(p): f"{p}: image file not found" for p in report.missing}
@@ -293,8 +188,6 @@ class Evaluator:
         spec = METHODS[method]
         backbone = self.backbone if text_tower is None else self.backbone.with_text_tower(text_tower)
         if spec.needs_phi and phi is not None:
-            from zscir.models.phi import check_fits
-
             check_fits(phi, backbone)
         if pseudo_tokens is not None and pseudo_tokens.shape[0] != len(self.split.queries):
             raise ZscirError(f"{pseudo_tokens.shape[0]} pseudo tokens for {len(self.split.queries)} queries")
@@ -308,8 +201,6 @@ class Evaluator:
 
     def _query_key(self, spec: Method, backbone, inputs: QueryInputs) -> list:
         """Everything a text-using query matrix depends on (for the derived-tensor cache)."""
-        from zscir.models.backbone import fingerprint_module
-
         return [spec.name, backbone.text_fingerprint(), inputs.template.text, inputs.captions,
                 fingerprint_module(inputs.phi) if spec.needs_phi and inputs.phi is not None else None,
                 self.features().key, [q.reference for q in self.split.queries]]
@@ -332,8 +223,6 @@ class Evaluator:
         Returns:
             EvalResult (metrics empty on a split without targets).
         """
-        from zscir.evaluation.metrics import evaluate_split
-
         if queries is None:
             if method is None:
                 raise ZscirError("evaluate needs a method or a query matrix")
@@ -417,8 +306,6 @@ def evaluate_saved_tokens(backbone, splits: Sequence[CIRSplit], cache: FeatureCa
 
 def summary_metrics(results: dict[str, EvalResult]) -> dict[str, dict[str, float]]:
     """{split name: metrics}, plus "mean" over the splits when there are several (FashionIQ average)."""
-    from zscir.evaluation.metrics import mean_metrics
-
     table = {name: r.metrics for name, r in results.items() if r.metrics}
     if len(table) > 1:
         table["mean"] = mean_metrics(table)

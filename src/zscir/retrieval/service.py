@@ -5,8 +5,8 @@ One library object serves the CLI (`zscir search`), the web page and its JSON AP
     service = SearchService("my-index", phi="phi-folder", text_encoder=None)
     hits = service.search("ref.jpg", "is red instead", method="phi", k=10)   # list[Hit], best first
 
-The query vector of each method is built by the evaluation runner's own builders
-(`zscir.evaluation.runner.METHODS`), so a search ranks exactly like an evaluation would; CIG
+The query vector of each method is built by the query builders of composition
+(`zscir.compose.METHODS`), so a search ranks exactly like an evaluation would; CIG
 pseudo targets are fused with `zscir.compose.fuse_queries`.
 """
 
@@ -21,8 +21,17 @@ from pathlib import Path
 
 import torch
 
+from zscir.compose import METHODS, PromptTemplate, QueryInputs, clean_caption, fuse_queries, pseudo_tokens_of
+from zscir.data.images import load_image
 from zscir.errors import DataError, ModelLoadError, ZscirError
+from zscir.generation.cig import render_with_retries
+from zscir.generation.options import GenerationConfig
+from zscir.models.backbone import Backbone
+from zscir.models.phi import check_fits, load_inversion_network
+from zscir.models.text_tower import load_text_tower
 from zscir.recipes import DEFAULT_ALPHA
+from zscir.retrieval.index import load_index
+from zscir.retrieval.indexer import load_ids, read_manifest
 
 # Closed-class English words: a caption made only of these (or of no word at all) says nothing to search for.
 FUNCTION_WORDS = frozenset("""
@@ -84,8 +93,6 @@ def check_caption(caption: str | None) -> str:
     Raises:
         DataError: empty caption, or no content word (only function words, digits or punctuation).
     """
-    from zscir.compose import clean_caption
-
     if caption is None or not str(caption).strip():
         raise DataError("empty caption: type what should change, e.g. 'is red and has two dogs'")
     cleaned = clean_caption(str(caption), "caption")
@@ -103,8 +110,6 @@ def open_reference(image) -> object:
         DataError: nothing given, or not a decodable image (the message names the file when there is one).
     """
     from PIL import Image
-
-    from zscir.data.images import load_image
 
     if image is None:
         raise DataError("no reference image: upload or pick one")
@@ -145,23 +150,15 @@ class SearchService:
     def __init__(self, index_dir: str | os.PathLike, phi=None, text_encoder=None, backbone=None,
                  generator: PseudoTargetGenerator | None = None, alpha: float | None = None,
                  template: str | None = None, device: str = "cpu"):
-        from zscir.compose import PromptTemplate
-        from zscir.retrieval.index import load_index
-        from zscir.retrieval.indexer import load_ids, read_manifest
-
         self.index_dir = Path(index_dir).expanduser()
         self.manifest = read_manifest(self.index_dir)
         if backbone is None:
-            from zscir.models.backbone import Backbone
-
             backbone = Backbone.load(self.manifest["backbone"], device=device)
         if backbone.vision_fingerprint() != self.manifest["vision_fingerprint"]:
             raise ModelLoadError(f"backbone {backbone.name!r} is not the one {self.index_dir} was built with "
                                  f"({self.manifest['backbone']!r}, other weights); rebuild it with `zscir index`")
         self.text_encoder_path = None
         if text_encoder is not None:
-            from zscir.models.text_tower import load_text_tower
-
             tower = text_encoder
             if isinstance(text_encoder, (str, os.PathLike)):
                 self.text_encoder_path = str(text_encoder)
@@ -170,8 +167,6 @@ class SearchService:
         self.backbone = backbone
         self.phi = None
         if phi is not None:
-            from zscir.models.phi import check_fits, load_inversion_network
-
             self.phi = load_inversion_network(phi, device) if isinstance(phi, (str, os.PathLike)) else phi.eval()
             check_fits(self.phi, backbone)
         self.generator = generator
@@ -188,8 +183,6 @@ class SearchService:
     @property
     def methods(self) -> list[str]:
         """Methods this service can run (phi only with an inversion network)."""
-        from zscir.evaluation.runner import METHODS
-
         return [name for name, m in METHODS.items() if not m.needs_phi or self.phi is not None]
 
     def gallery_paths(self, limit: int | None = None) -> list[str]:
@@ -204,7 +197,7 @@ class SearchService:
         Args:
             image: reference (path, bytes, file object or PIL image); unused by "text".
             text: modifying text; unused by "image".
-            method: "phi", "image", "text" or "sum" (`zscir.evaluation.runner.METHODS`).
+            method: "phi", "image", "text" or "sum" (`zscir.compose.METHODS`).
         Raises:
             ZscirError / DataError: unknown or unavailable method, bad image, empty or content-free caption.
         """
@@ -213,9 +206,6 @@ class SearchService:
 
     def _query(self, image, text, method):
         """(query [1, P], pseudo target or None, raw reference features [1, P] or None for "text")."""
-        from zscir.compose import fuse_queries
-        from zscir.evaluation.runner import METHODS, QueryInputs, pseudo_tokens_of
-
         if method not in METHODS:
             raise ZscirError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         spec = METHODS[method]
@@ -304,9 +294,6 @@ def cig_generator(pipe, conditioner, config=None) -> PseudoTargetGenerator:
         `generate(reference PIL, caption) -> PIL or None`; None when every retry was dark (the search
         then uses the reference query alone, i.e. α = 1).
     """
-    from zscir.generation.cig import render_with_retries
-    from zscir.generation.options import GenerationConfig
-
     config = config or GenerationConfig()
     conditioner.check_unet(pipe.unet.config)
 

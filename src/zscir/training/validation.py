@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from zscir.compose import PromptTemplate, compose_queries
+from zscir.compose import PromptTemplate, compose_queries, pseudo_tokens_of
+from zscir.evaluation.metrics import mean_metrics
+from zscir.evaluation.runner import Evaluator
 
 
 class CIRValidator:
@@ -29,8 +31,6 @@ class CIRValidator:
 
     def __init__(self, backbone, splits: Sequence, phi: torch.nn.Module | None = None, cache=None,
                  template: PromptTemplate | str | None = None, evaluator_options: dict | None = None):
-        from zscir.evaluation.runner import Evaluator, pseudo_tokens_of
-
         if not splits:
             raise ValueError("CIRValidator needs at least one split")
         self.backbone = backbone
@@ -52,9 +52,6 @@ class CIRValidator:
         Returns:
             {metric: value} (percent).
         """
-        from zscir.evaluation.metrics import mean_metrics
-        from zscir.evaluation.runner import pseudo_tokens_of
-
         if phi is None and self.fixed_tokens is None:
             raise ValueError("no Phi: pass phi= here or to the constructor")
         results = []
