@@ -59,7 +59,8 @@ def test_trained_vae_reconstructs_held_out_images_better_than_the_random_one(wor
     from diffusers import AutoencoderKL
 
     from zscir.generation.tiny import TinySDXLSize, build_tiny_vae
-    from zscir.training.vae import VAETrainConfig, install_vae, load_pixels, reconstruction_mse, train_vae
+    from zscir.training.config import VAETrainConfig
+    from zscir.training.vae import install_vae, load_pixels, reconstruction_mse, train_vae
 
     torch.set_num_threads(1)
     start = tmp_path / "random-vae"

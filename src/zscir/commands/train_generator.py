@@ -26,7 +26,7 @@ from zscir.commands.options import (
     add_runtime_arguments,
 )
 from zscir.errors import ZscirError
-from zscir.training.generator_config import GeneratorTrainConfig
+from zscir.training.config import GeneratorTrainConfig
 
 HELP = "fine-tune the CIG generator UNet on 'a photo of $' conditionings of its own images (accelerate loop)"
 

@@ -163,7 +163,8 @@ def train_world_vae(out_dir: Path, s: CIGStageSettings, images: list[Path], held
     from diffusers import AutoencoderKL
 
     from zscir.generation.tiny import TinySDXLSize, build_tiny_vae
-    from zscir.training.vae import VAETrainConfig, load_pixels, reconstruction_mse, train_vae
+    from zscir.training.config import VAETrainConfig
+    from zscir.training.vae import load_pixels, reconstruction_mse, train_vae
 
     folder = out_dir / "vae"
     settings = {"key": _key(asdict(s)["vae_channels"], s.resolution, s.vae_steps, s.vae_batch, s.vae_lr, s.kl_weight,
@@ -219,8 +220,8 @@ def train_world_generator(out_dir: Path, s: CIGStageSettings, backbone, phi, vae
     from zscir.generation.conditioning import ComposedConditioner
     from zscir.generation.tiny import TinySDXLSize, build_tiny_sdxl
     from zscir.models.backbone import fingerprint_module
+    from zscir.training.config import GeneratorTrainConfig
     from zscir.training.generator import train_generator
-    from zscir.training.generator_config import GeneratorTrainConfig
     from zscir.training.vae import install_vae
 
     folder = out_dir / "generator"

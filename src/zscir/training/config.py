@@ -1,6 +1,8 @@
 """Training configs as dataclasses: defaults < YAML/JSON file < `key=value` overrides / CLI flags.
 
-Every trainer's config subclasses `TrainConfig` (the loop's knobs) and adds its own recipe fields.
+Every trainer's config subclasses `TrainConfig` (the loop's knobs) and adds its own recipe fields; the
+recipes of all trainers built on the loop live here (LinCIR, RTD, SEARLE, the CIG generator, its VAE),
+torch-free so that the commands' --help stays light.
 The resolved config is written as JSON into the run folder by the loop.
 """
 
@@ -219,6 +221,76 @@ class SearleConfig(TrainConfig):
             return self.max_steps
         per_epoch = max(1, num_pairs // (self.batch_size * self.grad_accum * max(1, processes)))
         return self.epochs * per_epoch
+
+
+@dataclass
+class GeneratorTrainConfig(TrainConfig):
+    """Recipe of `zscir train-generator` (loop knobs inherited from TrainConfig).
+
+    Attributes:
+        generator: SDXL pipeline folder or hub id whose UNet, VAE and scheduler config are used.
+        template: the training prompt; "plain" = "a photo of $".
+        resolution: square training size in pixels (resize shorter side + centre crop).
+        uncond_prob: probability of training a sample on the all-zero conditioning (for guidance).
+        encode_batch_size: images per VAE / tower forward when building the cache.
+    """
+
+    output_dir: str = "runs/generator"
+    max_steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    checkpoint_every: int = 250
+    select_metric: str = "loss"
+    select_mode: str = "min"
+    generator: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    template: str = "plain"
+    resolution: int = 512
+    uncond_prob: float = 0.1
+    encode_batch_size: int = 16
+
+    def check(self) -> None:
+        """TrainConfig's checks plus the recipe's."""
+        super().check()
+        if not 0.0 <= self.uncond_prob < 1.0:
+            raise ZscirError(f"config: uncond_prob must be in [0, 1), got {self.uncond_prob}")
+        if self.resolution % 8:
+            raise ZscirError(f"config: resolution must be a multiple of 8, got {self.resolution}")
+
+
+@dataclass
+class VAETrainConfig(TrainConfig):
+    """VAE recipe on top of the loop's knobs.
+
+    Attributes:
+        vae: an `AutoencoderKL` folder, or a pipeline folder holding `vae/` (the starting weights).
+        resolution: square training size (resize shorter side + centre crop).
+        kl_weight: weight of the per-element KL term (small: the latent must stay informative).
+        scale_images: training images used to estimate the latent std for `scaling_factor`.
+    """
+
+    output_dir: str = "runs/vae"
+    max_steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    checkpoint_every: int = 1000
+    select_metric: str = "mse"
+    select_mode: str = "min"
+    vae: str = ""
+    resolution: int = 48
+    kl_weight: float = 1e-4
+    scale_images: int = 512
+
+    def check(self) -> None:
+        """TrainConfig's checks plus the recipe's."""
+        super().check()
+        if not self.vae:
+            raise ZscirError("config: vae (an AutoencoderKL or pipeline folder) is required")
+        if self.kl_weight < 0:
+            raise ZscirError(f"config: kl_weight must be >= 0, got {self.kl_weight}")
+        if self.resolution % 8:
+            raise ZscirError(f"config: resolution must be a multiple of 8, got {self.resolution}")
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from zscir.errors import ZscirError, require
-from zscir.training.generator_config import GeneratorTrainConfig
+from zscir.training.config import GeneratorTrainConfig
 from zscir.training.loop import TrainTask
 
 CACHE_NAME = "generator_cache.safetensors"

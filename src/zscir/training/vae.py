@@ -19,50 +19,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from zscir.errors import ZscirError, require
-from zscir.training.config import TrainConfig
+from zscir.training.config import VAETrainConfig
 from zscir.training.loop import TrainTask
-
-
-@dataclass
-class VAETrainConfig(TrainConfig):
-    """VAE recipe on top of the loop's knobs.
-
-    Attributes:
-        vae: an `AutoencoderKL` folder, or a pipeline folder holding `vae/` (the starting weights).
-        resolution: square training size (resize shorter side + centre crop).
-        kl_weight: weight of the per-element KL term (small: the latent must stay informative).
-        scale_images: training images used to estimate the latent std for `scaling_factor`.
-    """
-
-    output_dir: str = "runs/vae"
-    max_steps: int = 300
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    checkpoint_every: int = 1000
-    select_metric: str = "mse"
-    select_mode: str = "min"
-    vae: str = ""
-    resolution: int = 48
-    kl_weight: float = 1e-4
-    scale_images: int = 512
-
-    def check(self) -> None:
-        """TrainConfig's checks plus the recipe's."""
-        super().check()
-        if not self.vae:
-            raise ZscirError("config: vae (an AutoencoderKL or pipeline folder) is required")
-        if self.kl_weight < 0:
-            raise ZscirError(f"config: kl_weight must be >= 0, got {self.kl_weight}")
-        if self.resolution % 8:
-            raise ZscirError(f"config: resolution must be a multiple of 8, got {self.resolution}")
 
 
 class AutoencoderWithKL(torch.nn.Module):
