@@ -28,6 +28,7 @@ import torch
 
 from zscir.errors import ZscirError
 from zscir.retrieval.shards import SINGLE, ProcessGroup
+from zscir.utils.hashing import hash_parts
 
 CACHE_VERSION = 2  # 2: file stamps in the key
 INDEX_NAME = "index.json"
@@ -38,15 +39,6 @@ def default_feature_dir() -> Path:
     from zscir.registry import default_cache_dir
 
     return default_cache_dir() / "features"
-
-
-def hash_parts(*parts) -> str:
-    """A short stable hash of JSON-serialisable parts (used as cache keys)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()[:20]
 
 
 @dataclass

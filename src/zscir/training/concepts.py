@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from zscir.compose import PSEUDO_WORD
 from zscir.errors import DataError, ZscirError
+from zscir.utils.hashing import derived_seed
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}",
@@ -345,11 +346,6 @@ def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int
         phrases = [_first_sentence(t) for t in texts]
         out[concept] = list(dict.fromkeys(p for p in phrases if mask_concept(p, concept) is not None))
     return out
-
-
-def derived_seed(seed: int, key: str) -> int:
-    """A 63-bit integer seed from (seed, key), stable across processes and Python versions."""
-    return int.from_bytes(hashlib.sha256(f"{seed}|{key}".encode()).digest()[:8], "little") >> 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from zscir.compose import TEMPLATE_SETS, TEMPLATES, PromptTemplate
 from zscir.errors import DataError, ZscirError
-from zscir.training.concepts import ConceptBank, derived_seed
+from zscir.training.concepts import ConceptBank
+from zscir.utils.hashing import derived_seed, hash_parts
 
 STORE_VERSION = 1
 META_NAME = "meta.json"
@@ -388,16 +389,12 @@ def invert_to_store(backbone, names: Sequence[str], image_embeds: torch.Tensor, 
 
 def features_key(backbone, pad_to_ratio: float | None) -> str:
     """What the image embeddings of a store depend on besides the image itself: vision weights + preprocessing."""
-    from zscir.retrieval.features import hash_parts
-
     return hash_parts(backbone.vision_fingerprint(), {"pad_to_ratio": pad_to_ratio})
 
 
 def default_oti_dir(backbone, bank: ConceptBank | None, config: OTIConfig, pad_to_ratio: float | None = None) -> Path:
     """`{cache}/oti/{hash of the settings}`: where the SEARLE-OTI helpers keep tokens by default."""
     from zscir.registry import default_cache_dir
-    from zscir.retrieval.features import hash_parts
-
     meta = store_meta(backbone, bank, config, features_key(backbone, pad_to_ratio))
     return default_cache_dir() / "oti" / hash_parts(meta)
 
