@@ -23,10 +23,11 @@ import torch
 
 def _setup(n: int):
     from zscir.data.synthetic import random_scene, render_scene, world_texts
+    from zscir.data.synthetic.concepts import WORLD_TEMPLATES, world_concepts, world_phrases
     from zscir.models.backbone import Backbone
     from zscir.models.factory import ClipSize, build_clip, save_clip_folder
     from zscir.models.tokenizer import train_clip_tokenizer
-    from zscir.training.concepts import WORLD_TEMPLATES, ConceptBank, world_concepts, world_phrases
+    from zscir.training.concepts import ConceptBank
 
     size = ClipSize()
     tokenizer = train_clip_tokenizer(world_texts(), vocab_size=1200, model_max_length=size.context_length)

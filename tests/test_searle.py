@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zscir.data.synthetic.concepts import world_concepts, world_phrases
 from zscir.errors import ZscirError
 from zscir.training.concepts import (
     ConceptBank,
@@ -15,8 +16,6 @@ from zscir.training.concepts import (
     generate_phrases,
     load_phrases,
     mask_concept,
-    world_concepts,
-    world_phrases,
 )
 from zscir.training.oti import (
     OTIConfig,

@@ -103,7 +103,8 @@ def rtd_text_tower(world_dir: Path, backbone, phi, budget: MethodBudget, progres
 
 def world_concept_bank(backbone):
     """SEARLE's concepts and phrases, taken from the world's grammar (offline)."""
-    from zscir.training.concepts import ConceptBank, world_concepts, world_phrases
+    from zscir.data.synthetic.concepts import world_concepts, world_phrases
+    from zscir.training.concepts import ConceptBank
 
     concepts = world_concepts()
     return ConceptBank.build(backbone, concepts, world_phrases(concepts))

@@ -10,7 +10,7 @@ replaced by the pseudo word `$` ("a photo of a $ that is running on the beach"):
 the pseudo token should give what the original phrase gives. Phrases come from a pluggable source:
 - any causal language model through transformers' `generate` (`generate_phrases`);
 - a JSON file {concept: [phrases]} or a tab-separated text file "concept<TAB>phrase" (`load_phrases`);
-- the synthetic world's grammar (`world_concepts`, `world_phrases`), so everything runs offline.
+- the synthetic world's grammar (`zscir.data.synthetic.concepts`), so everything runs offline.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from zscir.compose import PSEUDO_WORD
+from zscir.data.synthetic.concepts import WORLD_TEMPLATES, world_concepts, world_phrases
 from zscir.errors import DataError, ZscirError
 from zscir.utils.hashing import derived_seed
 
@@ -37,13 +38,6 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "an image of a {}",
     "a close-up photo of a {}",
     "a photo of the {}",
-)
-# Templates whose words all belong to the synthetic world's vocabulary (its tokenizer is word-level).
-WORLD_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}",
-    "a picture of a {}",
-    "a {} in the picture",
-    "a {} in the image",
 )
 LM_PROMPT = "a photo of {concept} that"
 
@@ -345,51 +339,6 @@ def generate_phrases(model, tokenizer, concepts: Sequence[str], num_phrases: int
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         phrases = [_first_sentence(t) for t in texts]
         out[concept] = list(dict.fromkeys(p for p in phrases if mask_concept(p, concept) is not None))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The synthetic world
-
-
-def world_concepts() -> list[str]:
-    """The synthetic world's concepts: every shape and every "colour shape" pair (6 + 48)."""
-    from zscir.data.synthetic.vocab import COLOURS, SHAPES
-
-    return list(SHAPES) + [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
-
-
-def world_phrases(concepts: Sequence[str], num_phrases: int = 16, seed: int = 0) -> dict[str, list[str]]:
-    """Phrases about each world concept from the world's own caption grammar.
-
-    A phrase is the caption of a one-object scene whose object matches the concept (the other
-    attributes, the cell and the background drawn at random), e.g. "a picture of a small red circle
-    in the upper left corner on a gray background" for "red circle".
-
-    Args:
-        concepts: "shape" or "colour shape" strings (see `world_concepts`).
-        num_phrases: phrases drawn per concept (duplicates dropped).
-        seed: base seed (each concept has its own stream).
-    Returns:
-        {concept: [phrases]}.
-    Raises:
-        ZscirError: a concept that is not a world shape or "colour shape".
-    """
-    from zscir.data.synthetic import Scene, SceneObject, describe_scene
-    from zscir.data.synthetic.vocab import BACKGROUNDS, COLOURS, N_CELLS, SHAPES, SIZES
-
-    out = {}
-    for concept in concepts:
-        words = concept.split()
-        if not (1 <= len(words) <= 2 and words[-1] in SHAPES and (len(words) == 1 or words[0] in COLOURS)):
-            raise ZscirError(f"{concept!r} is not a world concept ('shape' or 'colour shape')")
-        rng = random.Random(derived_seed(seed, concept))
-        phrases = []
-        for _ in range(num_phrases):
-            colour = words[0] if len(words) == 2 else rng.choice(list(COLOURS))
-            obj = SceneObject(cell=rng.randrange(N_CELLS), shape=words[-1], colour=colour, size=rng.choice(SIZES))
-            phrases.append(describe_scene(Scene(rng.choice(list(BACKGROUNDS)), (obj,)), rng))
-        out[concept] = list(dict.fromkeys(phrases))
     return out
 
 
