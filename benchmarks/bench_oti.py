@@ -27,7 +27,7 @@ def _setup(n: int):
     from zscir.models.backbone import Backbone
     from zscir.models.factory import ClipSize, build_clip, save_clip_folder
     from zscir.models.tokenizer import train_clip_tokenizer
-    from zscir.training.concepts import ConceptBank
+    from zscir.oti.concepts import ConceptBank
 
     size = ClipSize()
     tokenizer = train_clip_tokenizer(world_texts(), vocab_size=1200, model_max_length=size.context_length)
@@ -42,7 +42,7 @@ def _setup(n: int):
 
 
 def _rate(backbone, embeds, bank, steps: int, batch: int, phrase_weight: float) -> float:
-    from zscir.training.oti import OTIConfig, invert_images
+    from zscir.oti.optimise import OTIConfig, invert_images
 
     config = OTIConfig(steps=steps, batch_size=batch, phrase_weight=phrase_weight)
     names = [f"im{i}" for i in range(embeds.shape[0])]
@@ -65,7 +65,7 @@ def main() -> None:
     rates = {b: _rate(backbone, embeds, bank, args.steps, b, 0.5) for b in args.batches}
     top = max(args.batches)
     no_phrase = _rate(backbone, embeds, bank, args.steps, top, 0.0)
-    import zscir.training.oti as oti
+    import zscir.oti.optimise as oti
 
     trimmed = oti.encode_trimmed  # the same run without cutting the padding: the full context every step
     oti.encode_trimmed = lambda bb, texts, tokens: bb.encode_composed(texts, tokens).text_embeds

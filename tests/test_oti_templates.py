@@ -7,7 +7,7 @@ import torch
 
 from zscir.compose import TEMPLATE_SETS, PromptTemplate
 from zscir.errors import ZscirError
-from zscir.training.oti import OTIConfig, invert_images
+from zscir.oti.optimise import OTIConfig, invert_images
 
 
 def test_oti_draws_a_palavra_template_per_image_and_step(tiny_backbone, monkeypatch):

@@ -56,7 +56,7 @@ def test_flags_override_the_recipe(capsys):
 
 def test_no_recipe_prints_the_defaults_and_a_typo_lists_the_names(capsys):
     from zscir.commands.invert import OTI_DEFAULTS
-    from zscir.training.oti import OTIConfig
+    from zscir.oti.optimise import OTIConfig
 
     shown = _printed(capsys, ["train-rtd", "--print-config", *REQUIRED["train-rtd"]])
     assert shown["recipe"] is None and shown["config"]["temperature"] == 0.07

@@ -10,23 +10,15 @@ import torch.nn.functional as F
 
 from zscir.data.synthetic.concepts import world_concepts, world_phrases
 from zscir.errors import ZscirError
-from zscir.training.concepts import (
+from zscir.oti.concepts import (
     ConceptBank,
     concept_embeddings,
     generate_phrases,
     load_phrases,
     mask_concept,
 )
-from zscir.training.oti import (
-    OTIConfig,
-    TokenStore,
-    image_loss,
-    initial_tokens,
-    invert_images,
-    invert_to_store,
-    oti_pseudo_tokens,
-    token_embedding_std,
-)
+from zscir.oti.optimise import OTIConfig, image_loss, initial_tokens, invert_images, token_embedding_std
+from zscir.oti.store import TokenStore, invert_to_store, oti_pseudo_tokens
 
 torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spinning on a shared 2-core machine
 
@@ -96,7 +88,7 @@ def test_concept_association_matches_brute_force(tiny_backbone, bank):
     for c, concept in enumerate(concepts):  # definition: mean of normalised template embeddings, normalised
         rows = [F.normalize(tiny_backbone.encode_text([t.format(concept)])[0], dim=0) for t in templates]
         assert torch.allclose(fast[c], F.normalize(torch.stack(rows).mean(0), dim=0), atol=1e-5)
-    from zscir.training.concepts import top_concepts
+    from zscir.oti.concepts import top_concepts
 
     scores, index = top_concepts(images, fast, 2)
     for i in range(5):
@@ -235,7 +227,7 @@ def test_batched_oti_equals_one_by_one(tiny_backbone, bank):
 
 
 def test_store_resumes_and_refuses_other_settings(tiny_backbone, bank, tmp_path, monkeypatch):
-    import zscir.training.oti as oti
+    import zscir.oti.optimise as oti
 
     embeds = _embeds(5, tiny_backbone.projection_dim, seed=2)
     names = [f"im{i}" for i in range(5)]
@@ -277,7 +269,7 @@ def test_oti_pseudo_tokens_for_reference_images(tiny_backbone, bank, tmp_path, m
     tokens = oti_pseudo_tokens(tiny_backbone, images, refs, bank, config, folder=tmp_path / "oti", cache=cache,
                                progress=False)
     assert tokens.shape == (3, tiny_backbone.hidden_size) and torch.equal(tokens[0], tokens[2])
-    import zscir.training.oti as oti
+    import zscir.oti.optimise as oti
 
     monkeypatch.setattr(oti, "_invert_batch", lambda *a: pytest.fail("tokens should come from the store"))
     again = oti_pseudo_tokens(tiny_backbone, images, refs, bank, config, folder=tmp_path / "oti", cache=cache,
@@ -291,8 +283,8 @@ def test_searle_oti_as_a_retrieval_method_on_the_world(tiny_backbone, bank, tmp_
     from zscir.data.records import load_benchmark
     from zscir.data.synthetic import WorldSizes, build_world
     from zscir.evaluation.runner import Evaluator
+    from zscir.oti.store import oti_reference_tokens
     from zscir.retrieval.features import FeatureCache
-    from zscir.training.oti import oti_reference_tokens
 
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
     build_world(tmp_path / "world", sizes=WorldSizes.small())
@@ -303,7 +295,7 @@ def test_searle_oti_as_a_retrieval_method_on_the_world(tiny_backbone, bank, tmp_
     tokens = oti_reference_tokens(ev, bank, config, progress=False)
     assert tokens.shape == (len(split.queries), tiny_backbone.hidden_size)
     assert set(ev.evaluate("phi", pseudo_tokens=tokens).metrics) >= {"R@1", "R@5"}
-    import zscir.training.oti as oti
+    import zscir.oti.optimise as oti
 
     # the path-based helper finds the same default store: nothing is inverted again
     monkeypatch.setattr(oti, "_invert_batch", lambda *a: pytest.fail("tokens should come from the store"))
@@ -433,7 +425,7 @@ def test_train_phi_method_searle_through_the_cli(tiny_backbone, tiny_clip_dir, t
 def test_open_images_class_list_is_one_flag_away(tmp_path, monkeypatch):
     """`--concepts openimages` reads Open Images V7's class descriptions (LabelName,DisplayName; the file SEARLE
     uses) from the cache; any CSV with a DisplayName column works as a file too."""
-    from zscir.training.concepts import OPENIMAGES_FILE, concepts_path, load_concepts
+    from zscir.oti.concepts import OPENIMAGES_FILE, concepts_path, load_concepts
 
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path))
     path = concepts_path("openimages")

@@ -370,7 +370,7 @@ def check_concepts(args: argparse.Namespace, phrase_weight: float) -> None:
     if args.concepts is None:
         raise ZscirError("the phrase loss needs --concepts (a file, 'openimages' for real photos, 'world' for "
                          "the synthetic world), or set --phrase-weight 0")
-    from zscir.training.concepts import concepts_path
+    from zscir.oti.concepts import concepts_path
 
     path = concepts_path(args.concepts)
     if path is not None and not path.is_file():
@@ -399,7 +399,7 @@ def concept_bank_from_args(backbone, args: argparse.Namespace, save_to=None):
     Returns:
         A `ConceptBank`.
     """
-    from zscir.training.concepts import build_concept_bank
+    from zscir.oti.concepts import build_concept_bank
 
     bank = build_concept_bank(backbone, args.concepts, phrase_source(args), args.phrases_per_concept,
                               args.phrase_seed, save_to=save_to)

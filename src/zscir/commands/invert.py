@@ -29,7 +29,7 @@ from zscir.commands.options import (
 )
 from zscir.errors import ZscirError
 
-# = the defaults of zscir.training.oti.OTIConfig (SEARLE's recipe), shown in --help without importing torch;
+# = the defaults of zscir.oti.optimise.OTIConfig (SEARLE's recipe), shown in --help without importing torch;
 # the flags default to None so that --recipe can tell what the command line set
 OTI_DEFAULTS = dict(steps=350, lr=2e-2, weight_decay=0.01, ema_decay=0.99, image_weight=1.0, phrase_weight=0.5,
                     top_k=15, template="palavra", init_std=None, seed=0, batch_size=32)
@@ -112,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
     from zscir.compose import TEMPLATES
     from zscir.errors import DataError
     from zscir.models.backbone import Backbone
+    from zscir.oti.optimise import OTIConfig
+    from zscir.oti.store import META_NAME, TokenStore, features_key, invert_to_store
     from zscir.retrieval.features import FeatureCache
     from zscir.retrieval.shards import process_group
-    from zscir.training.oti import META_NAME, OTIConfig, TokenStore, features_key, invert_to_store
 
     apply_recipe(args, "invert")
     given = {name: getattr(args, name) for name in OTI_DEFAULTS if getattr(args, name) is not None}

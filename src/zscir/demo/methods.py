@@ -104,7 +104,7 @@ def rtd_text_tower(world_dir: Path, backbone, phi, budget: MethodBudget, progres
 def world_concept_bank(backbone):
     """SEARLE's concepts and phrases, taken from the world's grammar (offline)."""
     from zscir.data.synthetic.concepts import world_concepts, world_phrases
-    from zscir.training.concepts import ConceptBank
+    from zscir.oti.concepts import ConceptBank
 
     concepts = world_concepts()
     return ConceptBank.build(backbone, concepts, world_phrases(concepts))
@@ -112,7 +112,7 @@ def world_concept_bank(backbone):
 
 def oti_config(budget: MethodBudget):
     """SEARLE's OTI recipe with the demo's step budget (the paper uses 350 steps)."""
-    from zscir.training.oti import OTIConfig
+    from zscir.oti.optimise import OTIConfig
 
     return OTIConfig(steps=budget.oti_steps, batch_size=64)
 
@@ -121,7 +121,7 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
     """SEARLE's Phi distilled here: OTI on world training images, then distillation (METHODS §3)."""
     from zscir.data.records import load_benchmark
     from zscir.models.phi import load_inversion_network
-    from zscir.training.oti import oti_tokens_for
+    from zscir.oti.store import oti_tokens_for
     from zscir.training.searle import SearleConfig, distill_phi
 
     folder = world_dir / "searle-phi"
@@ -146,7 +146,7 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
 
 def searle_oti_tokens(world_dir: Path, evaluator, bank, budget: MethodBudget, progress: bool = True) -> torch.Tensor:
     """SEARLE-OTI: invert each query's reference image directly (resumable token store under world/runs)."""
-    from zscir.training.oti import oti_reference_tokens
+    from zscir.oti.store import oti_reference_tokens
 
     folder = world_dir / "runs" / "oti-references" / evaluator.full_split.name.replace("/", "-")
     return oti_reference_tokens(evaluator, bank, oti_config(budget), folder, progress=progress)

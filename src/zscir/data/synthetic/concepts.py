@@ -2,7 +2,7 @@
 
 `world_concepts` lists the world's concepts, `world_phrases` writes phrases about them with the world's
 own caption grammar, and `WORLD_TEMPLATES` are concept templates within the world's vocabulary, so that
-SEARLE runs offline on the world (`zscir.training.concepts.ConceptBank` takes all three).
+SEARLE runs offline on the world (`zscir.oti.concepts.ConceptBank` takes all three).
 """
 
 from __future__ import annotations
