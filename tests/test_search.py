@@ -58,7 +58,7 @@ def _index(gallery, backbone, out, **kw):
 
 # ---- indexing ---------------------------------------------------------------------------------------
 def test_list_images_recursive_extensions_hidden_and_index_excluded(gallery):
-    from zscir.retrieval.indexer import list_images
+    from zscir.data.images import list_images
 
     _png(gallery / "idx" / "chunk.png", 5)  # an index folder inside the gallery is not indexed
     found = list_images(gallery, exclude=gallery / "idx")

@@ -27,6 +27,7 @@ from zscir.commands.options import (
     add_recipe_arguments,
     add_runtime_arguments,
 )
+from zscir.data.images import list_images
 from zscir.errors import ZscirError
 
 # = the defaults of zscir.oti.optimise.OTIConfig (SEARLE's recipe), shown in --help without importing torch;
@@ -35,9 +36,6 @@ OTI_DEFAULTS = dict(steps=350, lr=2e-2, weight_decay=0.01, ema_decay=0.99, image
                     top_k=15, template="palavra", init_std=None, seed=0, batch_size=32)
 
 HELP = "SEARLE OTI: optimise one pseudo token per image (resumable; feeds `train-phi --method searle`)."
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
@@ -85,7 +83,7 @@ def images_from_args(args: argparse.Namespace) -> dict:
         raise ZscirError("give either --images FOLDER or --dataset NAME --root FOLDER")
     if args.images is not None:
         root = existing_folder(args.images, "--images")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(root / rel for rel in list_images(root))
         images = {str(p.relative_to(root)): p for p in files}
     else:
         if args.root is None:

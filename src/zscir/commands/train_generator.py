@@ -25,12 +25,11 @@ from zscir.commands.options import (
     add_recipe_arguments,
     add_runtime_arguments,
 )
+from zscir.data.images import IMAGE_EXTENSIONS, list_images
 from zscir.errors import ZscirError
 from zscir.training.config import GeneratorTrainConfig
 
 HELP = "fine-tune the CIG generator UNet on 'a photo of $' conditionings of its own images (accelerate loop)"
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def add_arguments(parser) -> None:
@@ -54,9 +53,9 @@ def training_images(args) -> list:
         raise ZscirError("give either --images DIR or --dataset/--root/--split")
     if args.images:
         folder = existing_folder(args.images, "--images")
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths = sorted(folder / rel for rel in list_images(folder))
         if not paths:
-            raise ZscirError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise ZscirError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
         return paths
     if not args.root:
         raise ZscirError("--dataset needs --root")

@@ -27,12 +27,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zscir.data.fashioniq import IMAGE_SUFFIXES  # the files the FashionIQ loader looks for, in this order
 from zscir.errors import DataError
 from zscir.utils.io import remove_stale_temps, write_bytes_atomic, write_json_atomic
 
-FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 REPORT_NAME = "download_report.json"
-IMAGE_EXTENSIONS = (".jpg", ".png")  # what the FashionIQ loader looks for, in this order
 USER_AGENT = "zscir-downloader/0.1 (+https://github.com/zscir)"
 
 # An asin becomes a file name: letters, digits, '_', '-', '.', not starting with '.' (no path tricks).
@@ -233,7 +232,7 @@ def find_valid_image(out_dir: str | os.PathLike, asin: str) -> Path | None:
     """
     out_dir = Path(out_dir)
     valid = None
-    for ext in IMAGE_EXTENSIONS:
+    for ext in IMAGE_SUFFIXES:
         p = out_dir / f"{asin}{ext}"
         if not p.is_file():
             continue
@@ -363,7 +362,7 @@ def _save(out_dir: Path, asin: str, body: bytes) -> Path:
         ext, data = ".png", _to_png_bytes(body)
     path = out_dir / f"{asin}{ext}"
     write_bytes_atomic(path, data)
-    for other in IMAGE_EXTENSIONS:
+    for other in IMAGE_SUFFIXES:
         if other != ext:
             (out_dir / f"{asin}{other}").unlink(missing_ok=True)
     return path

@@ -12,6 +12,8 @@ from pathlib import Path
 from zscir.errors import DataError
 
 DECODE_MODES = ("none", "verify", "full")
+# The one list of image file suffixes a folder scan picks up (indexing, OTI, generator training).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def load_image(path: str | os.PathLike):
@@ -63,6 +65,35 @@ def to_rgb(image):
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+def try_load_image(path: str | os.PathLike):
+    """`load_image` that reports instead of raising: (image, None), or (None, the one-line reason)."""
+    try:
+        return load_image(path), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def list_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[str]:
+    """Image files under `root`, recursively, as sorted POSIX paths relative to `root`.
+
+    Args:
+        root: the folder to scan (hidden sub-folders, e.g. `.git`, are skipped).
+        exclude: a folder to leave out (the index folder when it sits inside `root`).
+    Returns:
+        Relative paths of the non-hidden files with an `IMAGE_EXTENSIONS` suffix (any case).
+    """
+    root = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for directory, dirs, files in os.walk(root):
+        here = Path(directory)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
+        for name in files:
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                found.append((here / name).relative_to(root).as_posix())
+    return sorted(found)
 
 
 def list_files(directory: str | os.PathLike) -> set[str]:

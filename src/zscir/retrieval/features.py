@@ -20,12 +20,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from zscir.data.images import try_load_image
 from zscir.errors import ZscirError
 from zscir.retrieval.shards import SINGLE, ProcessGroup
 from zscir.utils.hashing import hash_parts
@@ -94,15 +95,39 @@ def _content_stamp(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _try_load(path: Path):
-    """(image, None) or (None, reason) for one file."""
-    from zscir.data.images import load_image
-    from zscir.errors import DataError
+def encode_image_files(backbone, paths: Sequence[os.PathLike], pool: Executor, pad_to_ratio: float | None = None,
+                       batch_size: int = 64, bar=None) -> tuple[list[int], torch.Tensor, dict[int, str]]:
+    """Decode image files on `pool`'s threads and encode them, `batch_size` per forward pass.
 
-    try:
-        return load_image(path), None
-    except DataError as exc:
-        return None, str(exc)
+    The one decode + encode loop of the feature cache and the folder indexer; a file that does not
+    load is reported, never fatal.
+
+    Args:
+        backbone: a `Backbone` with a vision tower.
+        paths: the files, in order.
+        pool: an executor whose threads decode the images (`zscir.data.images.try_load_image`).
+        pad_to_ratio: SEARLE target pad ratio (e.g. 1.25) or None.
+        batch_size: images per forward pass.
+        bar: a progress bar advanced by each batch, or None.
+    Returns:
+        (positions in `paths` of the decoded files, [len(positions), P] their raw embeddings,
+        {position: reason} of the files that did not load).
+    """
+    positions: list[int] = []
+    encoded: list[torch.Tensor] = []
+    failed: dict[int, str] = {}
+    for start in range(0, len(paths), batch_size):
+        batch = range(start, min(start + batch_size, len(paths)))
+        loaded = list(pool.map(try_load_image, [paths[i] for i in batch]))
+        ok = [(i, image) for i, (image, _) in zip(batch, loaded) if image is not None]
+        failed.update({i: reason for i, (_, reason) in zip(batch, loaded) if reason is not None})
+        if ok:
+            encoded.append(backbone.encode_pixels(backbone.preprocess([image for _, image in ok], pad_to_ratio)))
+            positions.extend(i for i, _ in ok)
+        if bar is not None:
+            bar.update(len(batch))
+    features = torch.cat(encoded) if encoded else torch.zeros(0, backbone.projection_dim)
+    return positions, features, failed
 
 
 class FeatureCache:
@@ -204,21 +229,15 @@ class FeatureCache:
                 for c in mine:
                     rows = chunks[c]
                     pending = [i for i in range(rows.start, rows.stop) if not valid[i]]
-                    chunk_failed: dict[int, str] = {}
-                    for start in range(0, len(pending), batch_size):
-                        batch = pending[start : start + batch_size]
-                        loaded = list(pool.map(_try_load, [paths[i] for i in batch]))
-                        ok = [(i, im) for i, (im, _) in zip(batch, loaded) if im is not None]
-                        for i, (_, reason) in zip(batch, loaded):
-                            if reason is not None:
-                                failed[names[i]] = chunk_failed[i - rows.start] = reason
-                        if ok:
-                            pixels = backbone.preprocess([im for _, im in ok], pad_to_ratio)
-                            index = torch.tensor([i for i, _ in ok])
-                            features[index] = backbone.encode_pixels(pixels)
-                            valid[index] = True
-                            num_encoded += len(ok)
-                        bar.update(len(batch))
+                    done, encoded, reasons = encode_image_files(backbone, [paths[i] for i in pending], pool,
+                                                                pad_to_ratio, batch_size, bar)
+                    chunk_failed = {pending[j] - rows.start: reason for j, reason in reasons.items()}
+                    failed.update({names[pending[j]]: reason for j, reason in reasons.items()})
+                    if done:
+                        index = torch.tensor([pending[j] for j in done])
+                        features[index] = encoded
+                        valid[index] = True
+                        num_encoded += len(done)
                     if folder is not None:
                         self._write_chunk(folder, c, features[rows], valid[rows], chunk_failed)
         if self.group.world > 1:  # merge: read the chunks the other processes wrote

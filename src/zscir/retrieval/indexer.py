@@ -29,11 +29,12 @@ from pathlib import Path
 
 import torch
 
-from zscir.errors import DataError, ZscirError
+from zscir.data.images import IMAGE_EXTENSIONS, list_images
+from zscir.errors import ZscirError
+from zscir.retrieval.features import encode_image_files
 from zscir.retrieval.shards import SINGLE, ProcessGroup
 
 INDEX_VERSION = 1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_NAME = "manifest.json"
 IDS_NAME = "ids.json"
 CHUNK_DIR = "chunks"
@@ -70,27 +71,6 @@ class IndexReport:
         if self.failed:
             line += f"; skipped {len(self.failed)} unreadable"
         return line
-
-
-def list_images(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[str]:
-    """Image files under `root`, recursively, as sorted POSIX paths relative to `root`.
-
-    Args:
-        root: the folder to scan (hidden sub-folders, e.g. `.git`, are skipped).
-        exclude: a folder to leave out (the index folder when it sits inside `root`).
-    Returns:
-        Relative paths of files ending in .jpg/.jpeg/.png/.webp (any case).
-    """
-    root = Path(root)
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for directory, dirs, files in os.walk(root):
-        here = Path(directory)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
-        for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                found.append((here / name).relative_to(root).as_posix())
-    return sorted(found)
 
 
 def _stamp(path: Path) -> list[int]:
@@ -197,15 +177,6 @@ def _write_chunk(path: Path, features: torch.Tensor, paths: list[str], stamps: l
         save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
 
 
-def _load(path: Path):
-    from zscir.data.images import load_image
-
-    try:
-        return load_image(path), None
-    except DataError as exc:
-        return None, str(exc)
-
-
 # ---- the job ----------------------------------------------------------------------------------------
 def index_folder(
     images_dir: str | os.PathLike,
@@ -223,7 +194,7 @@ def index_folder(
     """Encode every image under `images_dir` (new or changed files only) and build a search index.
 
     Args:
-        images_dir: folder scanned recursively for jpg / jpeg / png / webp files.
+        images_dir: folder scanned recursively for image files (`zscir.data.images.list_images`).
         backbone: a `zscir.models.backbone.Backbone` with a vision tower.
         index_dir: output folder (created; may already hold an earlier index of the same folder).
         backend: "exact", "flat", "ivf" or "hnsw" (`zscir.retrieval.index.build_index`), or "ivfpq" (on disk,
@@ -293,19 +264,12 @@ def index_folder(
         with tqdm(total=total, desc="index images", unit="img", disable=None if progress else True) as bar, \
                 ThreadPoolExecutor(max(1, workers)) as pool:
             for chunk_number, part in mine:
-                rows, feats = [], []
-                for b in range(0, len(part), batch_size):
-                    batch = part[b : b + batch_size]
-                    loaded = list(pool.map(_load, [images_dir / rel for rel in batch]))
-                    ok = [(rel, im) for rel, (im, _) in zip(batch, loaded) if im is not None]
-                    failed.update({rel: reason for rel, (_, reason) in zip(batch, loaded) if reason is not None})
-                    if ok:
-                        feats.append(backbone.encode_pixels(backbone.preprocess([im for _, im in ok])))
-                        rows.extend(rel for rel, _ in ok)
-                    bar.update(len(batch))
+                done, features, reasons = encode_image_files(backbone, [images_dir / rel for rel in part], pool,
+                                                             None, batch_size, bar)
+                failed.update({part[j]: reason for j, reason in reasons.items()})
+                rows = [part[j] for j in done]
                 if rows:
                     name = f"chunk-{chunk_number:06d}.safetensors"
-                    features = torch.cat(feats)
                     _write_chunk(chunk_dir / name, features, rows, [stamps[r] for r in rows], fingerprint)
                     tensors[name] = features
                     records.update({rel: _Record(stamps[rel], name, i) for i, rel in enumerate(rows)})

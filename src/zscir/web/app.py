@@ -34,7 +34,8 @@ from zscir.web.limits import RequestTooLarge, SearchPool, ServerBusy, ServerLimi
 from zscir.web.page import CSS, build_page, image_url, short_name
 
 log = logging.getLogger(__name__)
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+               ".bmp": "image/bmp"}  # every suffix of zscir.data.images.IMAGE_EXTENSIONS
 
 
 def _decode_base64_image(value: str, limits: ServerLimits) -> bytes:
