@@ -232,26 +232,18 @@ def load_query_models(args: argparse.Namespace, device: str | None = None):
     """(backbone with the text tower swapped in if given, phi or None) from `add_model_arguments`' options.
 
     `device` overrides `args.device` (this process's GPU under `accelerate launch`)."""
-    from zscir.models.backbone import Backbone
-    from zscir.models.phi import check_fits, load_inversion_network
+    from zscir.models import loading
 
     check_query_models(args)
-    device = device or args.device
-    backbone = Backbone.load(args.backbone, device=device, dtype=args.dtype)
-    if args.text_encoder:
-        from zscir.models.text_tower import load_text_tower
-
-        backbone = backbone.with_text_tower(load_text_tower(args.text_encoder, like=backbone.text))
+    backbone, phi = loading.load_query_models(args.backbone, args.text_encoder or None,
+                                              args.phi if args.method == "phi" and args.phi else None,
+                                              device=device or args.device, dtype=args.dtype)
     if getattr(args, "precision", "fp32") == "fp16":
         backbone.round_weights("fp16")
-    phi = None
-    if args.method == "phi" and args.phi:
-        phi = load_inversion_network(args.phi, device=device)
-        check_fits(phi, backbone)
-        if getattr(args, "l2_normalize", False):
-            from zscir.models.phi import L2NormalizedInput
+    if phi is not None and getattr(args, "l2_normalize", False):
+        from zscir.models.phi import L2NormalizedInput
 
-            phi = L2NormalizedInput(phi)
+        phi = L2NormalizedInput(phi)
     return backbone, phi
 
 

@@ -27,8 +27,7 @@ from zscir.errors import DataError, ModelLoadError, ZscirError
 from zscir.generation.cig import render_with_retries
 from zscir.generation.options import GenerationConfig
 from zscir.models.backbone import Backbone
-from zscir.models.phi import check_fits, load_inversion_network
-from zscir.models.text_tower import load_text_tower
+from zscir.models.loading import load_query_models
 from zscir.recipes import DEFAULT_ALPHA
 from zscir.retrieval.index import load_index
 from zscir.retrieval.indexer import load_ids, read_manifest
@@ -157,18 +156,8 @@ class SearchService:
         if backbone.vision_fingerprint() != self.manifest["vision_fingerprint"]:
             raise ModelLoadError(f"backbone {backbone.name!r} is not the one {self.index_dir} was built with "
                                  f"({self.manifest['backbone']!r}, other weights); rebuild it with `zscir index`")
-        self.text_encoder_path = None
-        if text_encoder is not None:
-            tower = text_encoder
-            if isinstance(text_encoder, (str, os.PathLike)):
-                self.text_encoder_path = str(text_encoder)
-                tower = load_text_tower(text_encoder, like=backbone.text)
-            backbone = backbone.with_text_tower(tower)
-        self.backbone = backbone
-        self.phi = None
-        if phi is not None:
-            self.phi = load_inversion_network(phi, device) if isinstance(phi, (str, os.PathLike)) else phi.eval()
-            check_fits(self.phi, backbone)
+        self.text_encoder_path = str(text_encoder) if isinstance(text_encoder, (str, os.PathLike)) else None
+        self.backbone, self.phi = load_query_models(backbone, text_encoder, phi, device)
         self.generator = generator
         self.alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
         self.template = PromptTemplate.for_network(template or None, self.phi)
