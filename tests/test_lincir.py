@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from zscir.compose import mask_spans
 from zscir.errors import DataError, MissingExtraError
 from zscir.models.phi import Phi, load_inversion_network
-from zscir.training.keywords import keyword_spans, load_spacy, mask_captions, mask_spans
+from zscir.training.keywords import keyword_spans, load_spacy, mask_captions
 from zscir.training.phi import LinCIRConfig, LinCIRTask, masked_prompts, read_captions, text_targets, train_lincir
 
 

@@ -70,12 +70,12 @@ def test_every_punctuated_phrase_keeps_its_pseudo_token(any_backbone):
 
 def test_a_phrase_whose_pseudo_word_is_lost_is_never_used(any_backbone, monkeypatch):
     """Past the context length, or merged by the tokenizer: left out of every phrase loss, and counted."""
-    from zscir.training import keywords
+    from zscir.oti import concepts
 
     long = "and " * 40 + "the dog"
     bank = ConceptBank.build(any_backbone, ["dog"], {"dog": ["a dog running", long]})
     assert bank.masked == [["a $ running"]] and bank.dropped == 1
-    monkeypatch.setattr(keywords, "mask_spans", lambda text, spans, pseudo_word="$": text.replace("dog", "$."))
+    monkeypatch.setattr(concepts, "mask_spans", lambda text, spans, pseudo_word="$": text.replace("dog", "$."))
     with pytest.raises(ZscirError, match="lost their pseudo word"):
         ConceptBank.build(any_backbone, ["dog"], {"dog": ["a dog running", "on the dog"]})
 

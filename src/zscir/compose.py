@@ -55,6 +55,24 @@ class PromptTemplate:
         return self.text.replace("{caption}", caption)
 
 
+def mask_spans(text: str, spans: Sequence[tuple[int, int]], pseudo_word: str = PSEUDO_WORD) -> str:
+    """`text` with every character span replaced by the pseudo word as a word of its own.
+
+    Spans are sorted and non-overlapping. Where the character before or after a span is not
+    whitespace (punctuation such as "," "." "'s" ")"), a space is inserted so that the tokenizer
+    sees `$` alone: "a dog, running." with the span "a dog" gives "$ , running.".
+    """
+    pieces, cursor = [], 0
+    for start, end in spans:
+        pieces.append(text[cursor:start])
+        left = " " if start > 0 and not text[start - 1].isspace() else ""
+        right = " " if end < len(text) and not text[end].isspace() else ""
+        pieces.append(f"{left}{pseudo_word}{right}")
+        cursor = end
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
 def clean_caption(caption: str, where: str = "caption") -> str:
     """A caption a user typed (search box, RTD triplets): stripped of whitespace and trailing ".?, ".
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zscir.compose import PSEUDO_WORD
+from zscir.compose import PSEUDO_WORD, mask_spans
 from zscir.data.synthetic.concepts import WORLD_TEMPLATES, world_concepts, world_phrases
 from zscir.errors import DataError, ZscirError
 from zscir.utils.hashing import derived_seed
@@ -52,7 +52,7 @@ def mask_concept(phrase: str, concept: str) -> str | None:
     Matching is case-insensitive and at word boundaries ("cat" is not replaced inside "category").
     Punctuation touching the concept is kept apart from `$` by a space ("on the dog." -> "on the $ ."),
     since the real CLIP BPE merges "$." into one token that is not the pseudo token
-    (`keywords.mask_spans`; `ConceptBank.build` checks the result against the tokenizer).
+    (`compose.mask_spans`; `ConceptBank.build` checks the result against the tokenizer).
 
     Args:
         phrase: e.g. "a photo of a red circle at the top left".
@@ -61,8 +61,6 @@ def mask_concept(phrase: str, concept: str) -> str | None:
         The masked phrase ("a photo of a $ at the top left"), or None if the concept does not occur
         as whole words or the phrase already contains a `$`.
     """
-    from zscir.training.keywords import mask_spans
-
     if PSEUDO_WORD in phrase:
         return None
     pattern = re.compile(r"(?<![\w$])" + r"\s+".join(map(re.escape, concept.split())) + r"(?![\w$])", re.IGNORECASE)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from zscir.compose import PSEUDO_WORD
+from zscir.compose import mask_spans
 from zscir.errors import MissingExtraError
 
 KEYWORD_POS = frozenset({"NOUN", "PROPN", "ADJ", "DET"})
@@ -75,24 +75,6 @@ def keyword_spans(tokens: Sequence[tuple[int, int, str, bool]]) -> list[tuple[in
     if start is not None:
         spans.append((start, end))
     return spans
-
-
-def mask_spans(text: str, spans: Sequence[tuple[int, int]], pseudo_word: str = PSEUDO_WORD) -> str:
-    """`text` with every character span replaced by the pseudo word as a word of its own.
-
-    Spans are sorted and non-overlapping. Where the character before or after a span is not
-    whitespace (punctuation such as "," "." "'s" ")"), a space is inserted so that the tokenizer
-    sees `$` alone: "a dog, running." with the span "a dog" gives "$ , running.".
-    """
-    pieces, cursor = [], 0
-    for start, end in spans:
-        pieces.append(text[cursor:start])
-        left = " " if start > 0 and not text[start - 1].isspace() else ""
-        right = " " if end < len(text) and not text[end].isspace() else ""
-        pieces.append(f"{left}{pseudo_word}{right}")
-        cursor = end
-    pieces.append(text[cursor:])
-    return "".join(pieces)
 
 
 def mask_captions(captions: Iterable[str], nlp=None, batch_size: int = 512, progress: bool = False,
