@@ -35,11 +35,11 @@ def target_ranks(result) -> torch.Tensor:
 
 def main(which: str = "full") -> None:
     from zscir.data.records import load_benchmark
+    from zscir.demo.world_index import FAST_WORLD, FULL_WORLD, world_backbone, world_dir
     from zscir.evaluation.runner import Evaluator
     from zscir.models.backbone import Backbone
     from zscir.models.phi import load_inversion_network
     from zscir.retrieval.features import FeatureCache
-    from zscir.search.defaults import FAST_WORLD, FULL_WORLD, world_backbone, world_dir
 
     world = world_dir(FAST_WORLD if which == "fast" else FULL_WORLD)
     clip = world_backbone(world)

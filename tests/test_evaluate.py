@@ -377,7 +377,8 @@ def _metrics(tmp_path):
 def test_evaluate_saved_oti_tokens(benchmarks, tiny_backbone, tiny_clip_dir, tmp_path, capsys):
     """SEARLE's --eval-type oti: each query composed with the token `zscir invert` saved for its reference."""
     from zscir.evaluation.runner import evaluate_saved_tokens
-    from zscir.training.oti import OTIConfig, TokenStore, invert_to_store
+    from zscir.oti.optimise import OTIConfig
+    from zscir.oti.store import TokenStore, invert_to_store
 
     split = load_benchmark("cirr", benchmarks["cirr"], "val")[0]
     refs = list(dict.fromkeys(q.reference for q in split.queries))

@@ -16,8 +16,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("zscir.web",),
     ("zscir.demo",),
     ("zscir.training",),
-    ("zscir.oti",),
     ("zscir.evaluation",),
+    ("zscir.oti",),
     ("zscir.retrieval",),
     ("zscir.generation",),
     ("zscir.compose",),
@@ -86,7 +86,8 @@ def test_the_layer_reader_sees_an_upward_import(tmp_path):
     imports = internal_imports(module, tmp_path / "zscir")
     assert imports == [("zscir.evaluation", 1), ("zscir.demo.pipeline", 4)]
     assert all(layer_of(target) < layer_of("zscir.models.bad") for target, _ in imports)
-    assert layer_of("zscir.compose") > layer_of("zscir.evaluation.fusion") > layer_of("zscir.training.phi")
+    assert (layer_of("zscir.compose") > layer_of("zscir.oti.store") > layer_of("zscir.evaluation.fusion")
+            > layer_of("zscir.training.phi"))
 
 
 def test_every_module_belongs_to_a_layer():

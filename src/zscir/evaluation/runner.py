@@ -289,7 +289,7 @@ def evaluate_saved_tokens(backbone, splits: Sequence[CIRSplit], cache: FeatureCa
     Raises:
         ZscirError: tokens of another text tower (setting "tokens"); DataError: a reference without a token.
     """
-    from zscir.training.oti import TokenStore
+    from zscir.oti.store import TokenStore
 
     store = TokenStore(token_folder)
     if store.meta.get("text_fingerprint") != backbone.text_fingerprint():
