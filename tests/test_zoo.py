@@ -169,3 +169,18 @@ def test_zscir_models_lists_the_zoo_and_what_is_cached(tmp_path, monkeypatch, ca
         assert entry.url in lines[name]
         assert ("[cached]" in lines[name]) == (entry is first), lines[name]
         assert entry is first or str(zoo_path(entry)) in lines[name]
+
+
+def test_commands_take_zoo_names_and_refuse_a_misspelt_one_before_any_work(tmp_path, capsys):
+    from zscir.cli import main
+    from zscir.models.zoo import ZOO
+
+    triplets = tmp_path / "t.jsonl"
+    triplets.write_text("")
+    for argv in (["train-rtd", "--triplets", str(triplets), "--backbone", "ViT-L/14"],
+                 ["evaluate", "--dataset", "cirr", "--root", str(tmp_path), "--backbone", "ViT-L/14"]):
+        assert main([*argv, "--phi", "lincir-vit-l15"]) == 2
+        err = capsys.readouterr().err
+        assert "--phi lincir-vit-l15" in err and all(name in err for name in ZOO), err
+        assert main([*argv, "--phi", "lincir-vit-l14"]) == 2  # a zoo name passes the flag check ...
+        assert "no such file" not in capsys.readouterr().err  # ... and fails later, offline, on the backbone

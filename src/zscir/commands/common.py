@@ -123,6 +123,19 @@ def check_model_source(source: str | None, flag: str) -> None:
         raise ZscirError(f"{flag} {source}: no such file or folder")
 
 
+def check_phi_source(source: str | None, flag: str = "--phi") -> None:
+    """An inversion-network argument before any work: an existing path, a zoo name or a hub id (else one line
+    naming the zoo's names)."""
+    if source is None:
+        return
+    check_model_source(source, flag)
+    from zscir.models.zoo import ZOO, looks_like_hub_id
+
+    if not Path(source).expanduser().exists() and source not in ZOO and not looks_like_hub_id(source):
+        raise ZscirError(f"{flag} {source}: no such file or folder, nor a published name ({', '.join(ZOO)}) or a "
+                         "hub id (owner/repo or owner/repo/file.pt)")
+
+
 def check_backbone(name: str, flag: str = "--backbone") -> None:
     """Resolve a backbone name before any heavy work: unknown names and missing local folders fail here."""
     from zscir.errors import ModelLoadError
@@ -220,7 +233,7 @@ def check_query_models(args: argparse.Namespace) -> None:
         existing_folder(tokens, "--tokens")
     if getattr(args, "template", None):
         check_template(args.template)
-    check_model_source(args.phi if args.method == "phi" else None, "--phi")
+    check_phi_source(args.phi if args.method == "phi" else None, "--phi")
     if args.method == "phi" and args.phi:
         check_phi_backbone(args.phi, args.backbone)
     check_backbone(args.backbone)
@@ -407,8 +420,8 @@ def check_conditioner(args: argparse.Namespace) -> None:
     """Validate the towers and Phis of `add_conditioner_arguments` before anything is loaded."""
     if args.phi is None:
         return
-    check_model_source(args.phi, "--phi")
-    check_model_source(args.phi_2, "--phi-2")
+    check_phi_source(args.phi, "--phi")
+    check_phi_source(args.phi_2, "--phi-2")
     check_phi_backbone(args.phi, args.backbone)
     if args.phi_2:
         check_phi_backbone(args.phi_2, args.backbone_2 or args.backbone, "--phi-2")

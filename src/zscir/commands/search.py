@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.method != "text" and not args.image:
         raise ZscirError(f"--method {args.method} needs --image REF")
     # bad input fails here, before any model is loaded
-    from zscir.commands.common import check_model_source, existing_folder
+    from zscir.commands.common import check_model_source, check_phi_source, existing_folder
 
     existing_folder(args.index, "--index")
-    check_model_source(args.phi, "--phi")
+    check_phi_source(args.phi, "--phi")
     check_model_source(args.text_encoder, "--text-encoder")
     reference = open_reference(args.image) if args.method != "text" else None
     if args.method != "image":

@@ -9,6 +9,7 @@ from zscir.commands.common import (
     build_validator,
     check_backbone,
     check_phi_backbone,
+    check_phi_source,
     check_training,
     check_validation,
     config_from_args,
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return print_config(args, "train-rtd", config.to_dict())
     require_options(args, "backbone")
     existing_path(args.triplets, "--triplets")
-    existing_path(args.phi, "--phi")
+    check_phi_source(args.phi, "--phi")
     check_phi_backbone(args.phi, args.backbone)
     check_backbone(args.backbone)
     check_training(config)

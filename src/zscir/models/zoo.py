@@ -149,7 +149,8 @@ def fetch(entry: ZooEntry, timeout: float = 30.0) -> Path:
     return path
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_id(text: str) -> bool:
+    """"owner/repo" or "owner/repo/path/file.pt" (not a relative or absolute local path)."""
     parts = text.split("/")
     return len(parts) >= 2 and all(parts) and not text.startswith((".", "~")) and not os.path.isabs(text)
 
@@ -190,7 +191,7 @@ def resolve_phi(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
     if text in ZOO:
         return fetch(ZOO[text])
-    if _looks_like_hub_id(text):
+    if looks_like_hub_id(text):
         return fetch_from_hub(text)
     raise ModelLoadError(f"{text}: no such file or folder, nor a zoo name (known: {', '.join(ZOO)}) or a hub id "
                          "(owner/repo or owner/repo/file.pt)")
