@@ -113,6 +113,9 @@ def test_edit_kinds_by_hand():
     both = Scene("gray", (SceneObject(4, "star", "yellow", "small"),))
     assert check_edit(single, both, ["turn the square into a star", "make the background gray"])
     assert not check_edit(single, both, ["turn the square into a star", "turn the square into a star"])
+    assert check_edit(single, both, ["the square is a star", "has a gray background"])  # FashionIQ's wording
+    assert check_edit(single, grown, "the square is bigger") and not check_edit(single, grown, "the square is smaller")
+    assert check_edit(single, Scene("gray", single.objects), "gray background")
 
 
 def test_grammar_round_trip_and_checks_on_random_edits():
@@ -120,7 +123,8 @@ def test_grammar_round_trip_and_checks_on_random_edits():
     for i in range(3000):
         scene = random_scene(rng)
         edit = sample_edit(scene, rng, underspecified_add=i % 5 == 0)
-        caption = relative_caption(scene, edit, rng if i % 2 else None)
+        style = ("command", "attribute")[(i // 2) % 2]  # CIRR-like commands, FashionIQ-like attribute statements
+        caption = relative_caption(scene, edit, rng if i % 2 else None, style=style)
         assert parse_relative_caption(scene, caption) == edit, caption
         if edit.fully_specified:
             target = apply_edit(scene, edit)
@@ -224,10 +228,9 @@ def test_clip_stream_is_seeded_and_mixes_edit_text():
     assert first == take(0)
     assert first != take(1)
     texts = [t for _, t in first]
-    assert any(t.startswith("a photo of ") and " that " in t for t in texts)  # composed items
-    edit_verbs = ("make ", "remove ", "add ", "move ", "turn ", "paint ", "change ", "put ", "delete ", "shrink ",
-                  "enlarge ", "replace ", "shift ", "place ", "insert ", "take ", "get ", "use ")
-    assert any(t.startswith(edit_verbs) for t in texts)  # relative items
+    composed = ("a photo of ", "like ")
+    assert any(t.startswith(composed) or ", but " in t for t in texts)  # composed items
+    assert any(t.lower().startswith(COMMAND_VERBS) for t in texts)  # relative items
     scene_like = (" background", " image with ", " picture of ")
     assert sum(any(m in t for m in scene_like) and not t.startswith("a photo") for t in texts) > len(texts) // 2
     images, captions = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)
@@ -398,6 +401,10 @@ def test_hard_negatives_share_all_but_one_attribute_with_the_target(world):
     assert n_sets == SMALL.cirr_train_sets + SMALL.cirr_val_sets + SMALL.cirr_test_sets
 
 
+COMMAND_VERBS = ("make ", "remove ", "add ", "move ", "turn ", "paint ", "change ", "put ", "delete ", "shrink ",
+                 "enlarge ", "replace ", "shift ", "place ", "insert ", "take ", "get ", "use ")
+
+
 def test_fashioniq_captions_describe_the_change(world):
     sidecar, scenes = _scenes(world / "fashioniq/scenes.json")
     kinds = set()
@@ -412,6 +419,8 @@ def test_fashioniq_captions_describe_the_change(world):
                 hits = [i for i in ids if check_edit(ref, scenes[i], q["captions"])]
                 assert hits == [q["target"]]
                 kinds.add(len(q["edits"]))
+                # FashionIQ-like: statements about the target, not the CIRR-like edit commands
+                assert not any(c.startswith(COMMAND_VERBS) for c in q["captions"]), q["captions"]
     assert kinds == {1, 2}  # both paraphrase pairs and two-part descriptions occur
 
 

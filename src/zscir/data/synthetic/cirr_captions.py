@@ -123,7 +123,7 @@ def content_clause(reference: Scene, edits: list[Edit], target: Scene, rng: rand
 
 
 def composite_caption(reference: Scene, edits: list[Edit], rng: random.Random, content_fraction: float = 0.5,
-                      scene_fraction: float = 0.3) -> str:
+                      scene_fraction: float = 0.3, style: str = "command") -> str:
     """A CIRR-like caption for `edits` (see the module docstring).
 
     Args:
@@ -132,11 +132,12 @@ def composite_caption(reference: Scene, edits: list[Edit], rng: random.Random, c
         rng: paraphrase source.
         content_fraction: probability of a clause on what the target shows.
         scene_fraction: probability that such a clause describes the whole target (see `content_clause`).
+        style: wording of the edits ("command" as in CIRR, "attribute" as in FashionIQ; `relative_caption`).
     Returns:
         e.g. "Make the circle green, and remove the small star." or
         "Change the background to black; so that it shows a large green circle".
     """
-    clauses = [relative_caption(reference, e, rng) for e in edits]
+    clauses = [relative_caption(reference, e, rng, style=style) for e in edits]
     if rng.random() < content_fraction:
         clauses.append(content_clause(reference, edits, apply_changes(reference, edits), rng, scene_fraction))
     text = clauses[0]

@@ -42,6 +42,23 @@ RESIZE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "small": ("make {ref} smaller", "shrink {ref}", "make {ref} small"),
 }
 
+# FashionIQ-style captions (`style="attribute"`): what the target is or has, relative to the reference
+# ("the circle is green", "has a black background"), as FashionIQ's annotators wrote them ("is red and
+# has long sleeves"); the edit-command templates above are the CIRR style.
+ATTRIBUTE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "recolour": ("{ref} is {colour}", "has {ref} in {colour}", "{ref} is {colour} instead"),
+    "reshape": ("{ref} is a {shape}", "has a {shape} instead of {ref}", "{ref} is a {shape} instead"),
+    "move": ("{ref} is at the {to}", "has {ref} in the {to}"),
+    "add": ("also has {obj}", "has {obj} as well"),
+    "remove": ("is without {ref}", "does not have {ref}"),
+    "background": ("is on a {bg} background", "has a {bg} background", "{bg} background"),
+}
+ATTRIBUTE_RESIZE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "large": ("{ref} is bigger", "{ref} is larger", "has a bigger version of {ref}"),
+    "small": ("{ref} is smaller", "has a smaller version of {ref}"),
+}
+STYLES = ("command", "attribute")
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -299,20 +316,26 @@ def _destination(cell: int, rng: random.Random | None) -> str:
     return f"{name} corner" if corner else name
 
 
-def relative_caption(reference: Scene, edit: Edit, rng: random.Random | None = None) -> str:
+def relative_caption(reference: Scene, edit: Edit, rng: random.Random | None = None, style: str = "command") -> str:
     """A relative caption for the edit, e.g. "make the circle green", "remove the red triangle".
 
     Args:
         reference: the reference scene (referring expressions must be unique in it).
         edit: the edit to describe.
         rng: paraphrase source; None gives the canonical wording (first template).
+        style: "command" (CIRR-like: "make the circle green") or "attribute" (FashionIQ-like, what the
+            target is or has: "the circle is green", "has a black background").
     Returns:
-        Lower-case words without punctuation.
+        Lower-case words (an apostrophe in possessives), no final punctuation.
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown caption style {style!r}; expected one of {STYLES}")
+    by_kind, by_size = (TEMPLATES, RESIZE_TEMPLATES) if style == "command" else (
+        ATTRIBUTE_TEMPLATES, ATTRIBUTE_RESIZE_TEMPLATES)
     if edit.kind == "resize":
-        templates = RESIZE_TEMPLATES[edit.size]
+        templates = by_size[edit.size]
     else:
-        templates = TEMPLATES[edit.kind]
+        templates = by_kind[edit.kind]
     if edit.kind == "add" and edit.to_cell is None:
         templates = tuple(t for t in templates if not t.startswith("put"))  # "put a red star" alone is odd
     template = templates[0] if rng is None else rng.choice(templates)
@@ -354,8 +377,10 @@ def _template_regex(template: str) -> re.Pattern:
 
 
 _PARSERS: list[tuple[str, str | None, re.Pattern]] = (
-    [(kind, None, _template_regex(t)) for kind, ts in TEMPLATES.items() for t in ts]
-    + [("resize", size, _template_regex(t)) for size, ts in RESIZE_TEMPLATES.items() for t in ts])
+    [(kind, None, _template_regex(t)) for by_kind in (TEMPLATES, ATTRIBUTE_TEMPLATES)
+     for kind, ts in by_kind.items() for t in ts]
+    + [("resize", size, _template_regex(t)) for by_size in (RESIZE_TEMPLATES, ATTRIBUTE_RESIZE_TEMPLATES)
+       for size, ts in by_size.items() for t in ts])
 
 
 def _phrase(text: str) -> tuple[str | None, str | None, str, int | None]:

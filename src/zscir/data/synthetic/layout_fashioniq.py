@@ -5,8 +5,10 @@ Categories are families of scenes by object count: dress = one object, shirt = t
 Edits keep the object count (recolour, reshape, resize, move, background), so a category's gallery
 stays one family. Like FashionIQ's two annotators, each query has two captions: half of the queries
 get two paraphrases of one edit, the other half two different edits (each caption says one of them,
-on different parts of the scene; the target has both). Image ids look like ASINs ("B00..."). Each
-query adds its reference, its target and `negatives` hard negatives of the target to the gallery.
+on different parts of the scene; the target has both). Captions are FashionIQ-like attribute statements
+about the target ("the circle is green", "has a black background"), not edit commands. Image ids look
+like ASINs ("B00..."). Each query adds its reference, its target and `negatives` hard negatives of the
+target to the gallery.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ def _asin(rng: random.Random, taken: set[str]) -> str:
 
 
 def _two_paraphrases(ref: Scene, edit: Edit, rng: random.Random) -> list[str]:
-    first = relative_caption(ref, edit, rng)
+    first = relative_caption(ref, edit, rng, style="attribute")
     for _ in range(20):
-        second = relative_caption(ref, edit, rng)
+        second = relative_caption(ref, edit, rng, style="attribute")
         if second != first:
             return [first, second]
     return [first, first]
@@ -56,7 +58,8 @@ def _query(ref: Scene, rng: random.Random) -> tuple[Scene, list[Edit], list[str]
                 second.kind != "background" and second.cell != first.cell):
             break
     target = apply_edit(apply_edit(ref, first), second)
-    return target, [first, second], [relative_caption(ref, first, rng), relative_caption(ref, second, rng)]
+    captions = [relative_caption(ref, e, rng, style="attribute") for e in (first, second)]
+    return target, [first, second], captions
 
 
 def _write_one(root: Path, category: str, split: str, n: int, negatives: int, rng: random.Random,

@@ -26,7 +26,9 @@ from zscir.data.synthetic.layout_fashioniq import write_fashioniq
 from zscir.errors import DataError
 from zscir.utils.io import read_json, write_json_atomic
 
-WORLD_VERSION = 3  # 2: CIRR-like captions (1-3 changes, content clauses, punctuation); 3: calibrated content
+# 2: CIRR-like captions (1-3 changes, content clauses, punctuation); 3: calibrated content;
+# 4: FashionIQ-like attribute captions ("the circle is green")
+WORLD_VERSION = 4
 MANIFEST = "manifest.json"
 BUILDING = ".zscir-world-building"
 PARTS = ("cirr", "fashioniq", "circo", "corpora")
