@@ -15,6 +15,7 @@ the indexed vectors). Goal: ≤ 20 ms per query at recall@50 ≥ 0.95, peak memo
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import statistics
@@ -33,6 +34,11 @@ from bench_index import rss_gb, sample  # noqa: E402  (the same generator as the
 def peak_gb() -> float:
     """Peak resident memory of this process so far (GB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def load_text() -> str:
+    """The 1/5/15-minute load averages (the machine is shared: every time is read beside them)."""
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def stream(n: int, dim: int, intrinsic: int, seed: int, rows: int):
@@ -73,6 +79,8 @@ def main() -> None:
     parser.add_argument("--reranks", default="0,200,500,1000")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folder", default=None, help="index folder (default: a temporary one, removed)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="the --folder holds this benchmark's index already: skip the build, measure the search")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -87,19 +95,20 @@ def main() -> None:
     plan = plan_ivfpq(args.n, args.dim, args.memory_budget, args.opq)
     print(f"bench_ivfpq n={args.n} dim={args.dim} intrinsic={args.intrinsic_dim} budget={args.memory_budget} "
           f"threads={args.threads} plan={plan} (float32 data would be {args.n * args.dim * 4 / 2**30:.2f}GB; "
-          f"rss at start {rss_gb():.2f}GB)", flush=True)
-    start = time.perf_counter()
-    index = build_ivfpq(stream(args.n, args.dim, args.intrinsic_dim, args.seed, args.block), folder, args.n,
-                        args.dim, plan=plan, k=args.k, seed=args.seed)
-    build_s = time.perf_counter() - start
-    disk = {p.name: p.stat().st_blocks * 512 / 2**30 for p in folder.iterdir()}
-    print(f"build {build_s:.1f}s (store {index.params['store_s']}s, train {index.params['train_s']}s, "
-          f"fill {index.params['add_s']}s, tuning the rest); peak rss {peak_gb():.2f}GB; disk "
-          + ", ".join(f"{k} {v:.2f}GB" for k, v in disk.items()), flush=True)
-    print(f"built-in tuning on {index.params['heldout']} held-out stored rows: nprobe {index.params['nprobe']} "
-          f"rerank {index.params['rerank']} recall@{args.k} {index.params['recall']:.3f}", flush=True)
-
-    del index
+          f"rss at start {rss_gb():.2f}GB; load average {load_text()})", flush=True)
+    if not (args.reuse and (folder / "index.json").is_file()):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        index = build_ivfpq(stream(args.n, args.dim, args.intrinsic_dim, args.seed, args.block), folder, args.n,
+                            args.dim, plan=plan, k=args.k, seed=args.seed)
+        build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        disk = {p.name: p.stat().st_blocks * 512 / 2**30 for p in folder.iterdir()}
+        print(f"build {build_s:.1f}s (store {index.params['store_s']}s, train {index.params['train_s']}s, "
+              f"fill {index.params['add_s']}s, tuning the rest; process CPU {build_cpu:.1f}s; load average after "
+              f"{load_text()}); peak rss {peak_gb():.2f}GB; disk "
+              + ", ".join(f"{k} {v:.2f}GB" for k, v in disk.items()), flush=True)
+        print(f"built-in tuning on {index.params['heldout']} held-out stored rows: nprobe {index.params['nprobe']} "
+              f"rerank {index.params['rerank']} recall@{args.k} {index.params['recall']:.3f}", flush=True)
+        del index
     index = load_index(folder)  # as `zscir search` / `serve` would open it: lists and vectors memory-mapped
     gen = torch.Generator().manual_seed(args.seed + 99)
     queries = sample(args.queries, args.dim, args.intrinsic_dim, gen).numpy()
@@ -111,15 +120,17 @@ def main() -> None:
             index.set_search_params(nprobe=nprobe, rerank=rerank)
             _, found = index.search(torch.from_numpy(queries), args.k)
             recall = recall_at(found.numpy(), truth)
-            times = []
+            times, cpu = [], []
             for i in range(args.latency_queries):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 index.search(torch.from_numpy(queries[i % args.queries][None]), args.k)
                 times.append((time.perf_counter() - t) * 1000)
+                cpu.append((time.process_time() - c) * 1000)
             times.sort()
             print(f"nprobe={nprobe:<4} rerank={rerank:<5} recall@{args.k}={recall:.3f} single-query "
-                  f"{statistics.median(times):.2f}ms (p95 {times[int(0.95 * (len(times) - 1))]:.2f})", flush=True)
-    print(f"peak rss {peak_gb():.2f}GB", flush=True)
+                  f"{statistics.median(times):.2f}ms (p95 {times[int(0.95 * (len(times) - 1))]:.2f}; "
+                  f"process CPU {statistics.median(cpu):.2f}ms)", flush=True)
+    print(f"peak rss {peak_gb():.2f}GB; load average {load_text()}", flush=True)
     if args.folder is None:
         shutil.rmtree(folder, ignore_errors=True)
 

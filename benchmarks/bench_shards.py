@@ -3,15 +3,19 @@
 A random CLIP of ViT-B/32's shape (bench_evaluate.VIT_B32) encodes `--images` noise PNGs (64×64).
 Each run is a fresh index folder; the wall time includes process start-up (torch import, model load),
 so the encoding throughput is also given from the time spent after the model is loaded (tqdm-free:
-measured as wall time minus a run on 1 image). Both indexes must hold identical vectors (checked).
+measured as wall time minus a run on 1 image). Every index must hold identical vectors (checked).
+CPU time is the user + system time of the whole process tree (getrusage of reaped children): on a
+shared machine the wall-time ratio depends on how many cores the other jobs leave, the CPU-time ratio
+says how much work sharding adds. The load average is printed beside every run.
 
-    nice -n 10 python benchmarks/bench_shards.py --images 512 --processes 2
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_shards.py --images 512 --processes 2 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,12 +30,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_evaluate import make_model  # noqa: E402
 
 
-def run(cmd: list[str]) -> float:
+def run(cmd: list[str], threads: int) -> dict:
+    """Wall time, CPU time of the whole process tree (user + sys, reaped children) and the load around it."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "load": (load + os.getloadavg()[0]) / 2}
+
+
+def snapshot_bytes(index: Path) -> tuple[bytes, bytes]:
+    return tuple(next(index.glob(f"snapshot-*/{f}")).read_bytes() for f in ("ids.json", "vectors.safetensors"))
 
 
 def main() -> None:
@@ -39,6 +54,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (1 process, N processes), interleaved")
+    parser.add_argument("--threads-baseline", action="store_true",
+                        help="also time 1 process with N torch threads (intra-op parallelism instead of sharding)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -57,24 +75,43 @@ def main() -> None:
     launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
               str(args.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "zscir.cli", *zscir[3:]]
-    times = {}
-    for name, cmd in (("1 process", zscir), (f"{args.processes} processes", launch)):
-        for target, images in (("startup", "one"), ("full", "photos")):
-            out = work / f"index-{name.split()[0]}-{target}"
-            shutil.rmtree(out, ignore_errors=True)
-            times[name, target] = run([*cmd, "--images", str(work / images), "--out", str(out)])
-    same = all((next((work / "index-1-full").glob(f"snapshot-*/{f}")).read_bytes()
-                == next((work / f"index-{args.processes}-full").glob(f"snapshot-*/{f}")).read_bytes())
-               for f in ("ids.json", "vectors.safetensors"))
-    load = os.getloadavg()[0]
-    line = [f"bench_shards images={args.images} model=ViT-B/32-size(random) batch={args.batch_size} load={load:.1f}"]
-    for name in ("1 process", f"{args.processes} processes"):
-        encode = times[name, "full"] - times[name, "startup"]
-        line.append(f"{name}: wall {times[name, 'full']:.1f}s (startup {times[name, 'startup']:.1f}s) "
-                    f"encode {encode:.1f}s = {args.images / max(encode, 1e-9):.1f} img/s")
-    one = times["1 process", "full"] - times["1 process", "startup"]
-    many = times[f"{args.processes} processes", "full"] - times[f"{args.processes} processes", "startup"]
-    line.append(f"speed-up {one / max(many, 1e-9):.2f}x; identical vectors and ids: {same}")
+    n = args.processes
+    configs = [("1 process x 1 thread", zscir, 1), (f"{n} processes x 1 thread", launch, 1)]
+    if args.threads_baseline:
+        configs.append((f"1 process x {n} threads", zscir, n))
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+    reference = None
+    for _ in range(args.repeats):
+        for name, cmd, threads in configs:
+            timing = {}
+            for target, images in (("startup", "one"), ("full", "photos")):
+                out = work / f"index-{target}"
+                shutil.rmtree(out, ignore_errors=True)
+                timing[target] = run([*cmd, "--images", str(work / images), "--out", str(out)], threads)
+            got = snapshot_bytes(work / "index-full")
+            reference = reference or got
+            timing["same"] = got == reference
+            runs[name].append(timing)
+            encode = timing["full"]["wall"] - timing["startup"]["wall"]
+            full, one = timing["full"], timing["startup"]
+            print(f"  {name}: wall {full['wall']:.1f}s (1-image run {one['wall']:.1f}s) "
+                  f"encode {encode:.1f}s = {args.images / max(encode, 1e-9):.1f} img/s; CPU {full['cpu']:.1f}s "
+                  f"(1-image {timing['startup']['cpu']:.1f}s); load {timing['full']['load']:.1f}; "
+                  f"identical to the first run: {timing['same']}", flush=True)
+
+    def median(name: str, key: str) -> float:
+        values = sorted(r["full"][key] - r["startup"][key] for r in runs[name])
+        return values[len(values) // 2]
+
+    base = configs[0][0]
+    line = [f"bench_shards images={args.images} model=ViT-B/32-size(random) batch={args.batch_size} "
+            f"repeats={args.repeats} load {min(r['full']['load'] for v in runs.values() for r in v):.1f}-"
+            f"{max(r['full']['load'] for v in runs.values() for r in v):.1f}"]
+    for name, _, _ in configs:
+        wall, cpu = median(name, "wall"), median(name, "cpu")
+        line.append(f"{name}: encode {wall:.1f}s wall = {args.images / wall:.1f} img/s, {cpu:.1f}s CPU; "
+                    f"vs {base}: wall {median(base, 'wall') / wall:.2f}x faster, CPU {cpu / median(base, 'cpu'):.2f}x")
+    line.append(f"identical vectors and ids in every run: {all(r['same'] for v in runs.values() for r in v)}")
     print(" | ".join(line), flush=True)
 
 

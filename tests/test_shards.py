@@ -1,9 +1,10 @@
-"""Sharded image encoding: 2 CPU processes under `accelerate launch` give what 1 process gives, and resume.
+"""Sharded image encoding and OTI: 2 CPU processes under `accelerate launch` give what 1 process gives, and resume.
 
-The launched run executes this file itself (see `_worker`): the feature cache, `zscir index` and
-`zscir evaluate` each under the 2-process group. Before it, this process replays a killed 2-process
-run (rank 1 dies after its first chunk); the launched rerun must encode only the chunks that were
-not written, and every result must be bit-identical to a one-process run in this test process.
+The launched run executes this file itself (see `_worker`): the feature cache, `zscir index`,
+`zscir evaluate` and `zscir invert` (SEARLE OTI) each under the 2-process group. Before it, this
+process replays killed 2-process runs (feature cache: rank 1 dies after its first chunk; OTI: a run
+that left 2 of 7 token chunks); the launched rerun must redo only the chunks that were not written,
+and every result must be bit-identical to a one-process run in this test process.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def _launch(tmp_path: Path, clip_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+OTI_STEPS = "3"
+CONCEPTS = {"circle": ["a red circle on a white background", "a small blue circle at the top left"],
+            "square": ["a small blue square", "turn the red square into a triangle"],
+            "star": ["move the star to the middle"]}
+
+
+def _invert_args(tmp: Path, clip_dir, out: str) -> list[str]:
+    """`zscir invert` of the good photos with the phrase loss (tiny recipe), tokens into tmp / out."""
+    return ["invert", "--backbone", str(clip_dir), "--images", str(tmp / "oti-photos"), "--output-dir", str(tmp / out),
+            "--concepts", str(tmp / "concepts.txt"), "--phrases", str(tmp / "phrases.json"), "--top-k", "2",
+            "--steps", OTI_STEPS, "--batch-size", str(CHUNK), "--chunk-size", str(CHUNK),
+            "--cache-dir", str(tmp / f"{out}-cache")]
+
+
 def _chunks(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.rglob("chunk-*.safetensors"))
 
@@ -79,6 +94,12 @@ def test_two_processes_equal_one_and_a_killed_run_redoes_only_its_missing_chunks
 
     images = _images(tmp_path / "photos")
     make_cirr(tmp_path / "cirr")
+    (tmp_path / "oti-photos").mkdir()
+    for name, path in images.items():
+        if name != "im99":  # OTI refuses images that do not encode
+            (tmp_path / "oti-photos" / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n")
+    (tmp_path / "phrases.json").write_text(json.dumps(CONCEPTS))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the launched processes run one thread each (OMP_NUM_THREADS=1)
     try:
@@ -90,6 +111,7 @@ def test_two_processes_equal_one_and_a_killed_run_redoes_only_its_missing_chunks
                      "--chunk-size", str(CHUNK), *common]) == 0
         assert main(["evaluate", "--dataset", "cirr", "--root", str(tmp_path / "cirr"), "--method", "sum",
                      "--cache-dir", str(tmp_path / "eval-cache-1"), "--out", str(tmp_path / "eval-1"), *common]) == 0
+        assert main(_invert_args(tmp_path, tiny_clip_dir, "tok-1")) == 0
     finally:
         torch.set_num_threads(threads)
     assert set(single.failed) == {"im99"}
@@ -121,6 +143,14 @@ def test_two_processes_equal_one_and_a_killed_run_redoes_only_its_missing_chunks
         path.rename(next((tmp_path / "cache-2").rglob("chunk-*.safetensors")).parent / path.name)
     assert [int(n.split("-")[2][:5]) for n in _chunks(tmp_path / "cache-2")] == [0, 1, 2, 4, 6]
 
+    # a killed sharded OTI run left chunks 1 and 4 of 7 (and its meta / phrases): the rerun inverts the other 5
+    one_tokens = sorted((tmp_path / "tok-1").glob("tokens-*.safetensors"))
+    assert len(one_tokens) == 7
+    (tmp_path / "tok-2").mkdir()
+    for path in [tmp_path / "tok-1" / "meta.json", tmp_path / "tok-1" / "phrases.json", one_tokens[1], one_tokens[4]]:
+        (tmp_path / "tok-2" / path.name).write_bytes(path.read_bytes())
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tok-2").glob("tokens-*.safetensors")}
+
     done = _launch(tmp_path, tiny_clip_dir)
     assert done.returncode == 0, done.stderr[-4000:]
     report = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -143,6 +173,15 @@ def test_two_processes_equal_one_and_a_killed_run_redoes_only_its_missing_chunks
     assert json.loads((tmp_path / "eval-2" / "metrics.json").read_text()) == \
         json.loads((tmp_path / "eval-1" / "metrics.json").read_text())
     assert (tmp_path / "eval-2" / "config.json").is_file()
+    # zscir invert: 9 of 13 images inverted, shared as chunks 0, 3, 6 (2 + 2 + 1 images) and 2, 5; the kept
+    # chunks untouched; every token file equal to the one-process run's bit for bit (per-image seeds, same batches)
+    assert "OTI: 13 images, 9 inverted now by 2 processes (5 + 4), 13 tokens" in done.stdout, done.stdout[-2000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tok-2").glob("tokens-*.safetensors")
+            if p.name in kept} == kept
+    two_tokens = sorted((tmp_path / "tok-2").glob("tokens-*.safetensors"))
+    assert [p.name for p in two_tokens] == [p.name for p in one_tokens]
+    for one, two in zip(one_tokens, two_tokens):
+        assert one.read_bytes() == two.read_bytes(), one.name
 
 
 def _worker(folder: str, clip_dir: str) -> None:
@@ -170,6 +209,7 @@ def _worker(folder: str, clip_dir: str) -> None:
                  "--chunk-size", str(CHUNK), *common]) == 0
     assert main(["evaluate", "--dataset", "cirr", "--root", str(tmp / "cirr"), "--method", "sum",
                  "--cache-dir", str(tmp / "eval-cache-2"), "--out", str(tmp / "eval-2"), *common]) == 0
+    assert main(_invert_args(tmp, clip_dir, "tok-2")) == 0
 
 
 if __name__ == "__main__":

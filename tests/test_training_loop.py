@@ -223,6 +223,20 @@ def test_resume_refuses_a_changed_config_unless_allowed_and_records_what_was_use
     assert_lr_switch_matches(changed)
 
 
+def test_resume_with_another_number_of_processes_names_the_cause(tmp_path):
+    from types import SimpleNamespace
+
+    from zscir.training.checkpoint import load_training_state
+
+    train(ToyTask(), _config(tmp_path, "run", max_steps=2, checkpoint_every=2))
+    ckpt = list_checkpoints(tmp_path / "run" / "checkpoints")[-1][1]
+    task = ToyTask()
+    for rank in (0, 1):  # rank 1 has no RNG file of its own; rank 0 would silently load the others' half
+        two = SimpleNamespace(process_index=rank, num_processes=2)
+        with pytest.raises(ZscirError, match=r"saved by a run of 1 process\(es\), this run has 2 .*--num_processes 1"):
+            load_training_state(two, task.net, None, None, ckpt)
+
+
 def assert_lr_switch_matches(changed):
     """2 steps at lr 0.05, then 2 steps at 0.5 from the same optimiser state, written without the loop's resume."""
     task = ToyTask()

@@ -394,13 +394,14 @@ def phrase_source(args: argparse.Namespace) -> str | None:
     return args.phrases or ("world" if args.concepts == "world" else None)
 
 
-def concept_bank_from_args(backbone, args: argparse.Namespace, save_to=None):
+def concept_bank_from_args(backbone, args: argparse.Namespace, save_to=None, quiet: bool = False):
     """Build the ConceptBank the concept options describe; generated phrases are saved as `save_to` and reused.
 
     Args:
         backbone: the `Backbone` (concepts and phrases are embedded with its text tower).
         args: parsed `add_concept_arguments` options.
         save_to: optional JSON path for the phrases (an existing file there is reused, not regenerated).
+        quiet: do not print the bank's summary (the other processes of a sharded run).
     Returns:
         A `ConceptBank`.
     """
@@ -408,7 +409,8 @@ def concept_bank_from_args(backbone, args: argparse.Namespace, save_to=None):
 
     bank = build_concept_bank(backbone, args.concepts, phrase_source(args), args.phrases_per_concept,
                               args.phrase_seed, save_to=save_to)
-    print(bank.summary())
+    if not quiet:
+        print(bank.summary())
     return bank
 
 

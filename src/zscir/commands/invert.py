@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from zscir.errors import DataError
     from zscir.models.backbone import Backbone
     from zscir.oti.optimise import OTIConfig
-    from zscir.oti.store import META_NAME, TokenStore, features_key, invert_to_store
+    from zscir.oti.store import features_key, invert_to_store
     from zscir.retrieval.features import FeatureCache
     from zscir.retrieval.shards import process_group
 
@@ -129,23 +129,26 @@ def run(args: argparse.Namespace) -> int:
     check_runtime(args.device, args.dtype)
     check_concepts(args, config.phrase_weight)
     images = images_from_args(args)
-    group, device = process_group(args.device)  # under `accelerate launch`: the image encoding is sharded
+    group, device = process_group(args.device)  # under `accelerate launch`: encoding and OTI are sharded
     backbone = Backbone.load(args.backbone, device=device, dtype=args.dtype)
     pad = 1.25 if args.target_pad else None
     feats = FeatureCache(args.cache_dir, group=group).image_features(backbone, images, pad, desc="OTI image features")
-    if not group.is_main:  # the main process optimises the tokens from the merged features
-        return 0
     if feats.failed:
         name, reason = next(iter(feats.failed.items()))
         raise DataError(f"{len(feats.failed)} image(s) could not be encoded, e.g. {name}: {reason}")
     out = Path(args.output_dir)
     bank = None
-    if config.phrase_weight > 0:
-        bank = concept_bank_from_args(backbone, args, save_to=out / "phrases.json")
+    if config.phrase_weight > 0:  # the main process generates and saves the phrases; the others read them
+        if group.is_main:
+            bank = concept_bank_from_args(backbone, args, save_to=out / "phrases.json")
+        group.barrier()
+        if not group.is_main:
+            bank = concept_bank_from_args(backbone, args, save_to=out / "phrases.json", quiet=True)
     names = list(images)
-    done_before = set(TokenStore(out).index()) if (out / META_NAME).is_file() else set()
     store = invert_to_store(backbone, names, feats.features, bank, config, out, args.chunk_size,
-                            features_key=features_key(backbone, pad))
-    print(f"OTI: {len(names)} images, {sum(n not in done_before for n in names)} inverted now, "
-          f"{len(store.index())} tokens in {out}")
+                            features_key=features_key(backbone, pad), group=group)
+    shares = group.gather(store.inverted)
+    if group.is_main:
+        by = f" by {group.world} processes ({' + '.join(map(str, shares))})" if group.world > 1 else ""
+        print(f"OTI: {len(names)} images, {sum(shares)} inverted now{by}, {len(store.index())} tokens in {out}")
     return 0

@@ -18,6 +18,7 @@ import torch
 from zscir.errors import DataError, ZscirError
 from zscir.oti.concepts import ConceptBank
 from zscir.oti.optimise import OTIConfig, invert_images
+from zscir.retrieval.shards import SINGLE, ProcessGroup
 from zscir.utils.hashing import hash_parts
 
 STORE_VERSION = 1
@@ -25,7 +26,7 @@ META_NAME = "meta.json"
 
 
 class TokenStore:
-    """A folder of OTI tokens: `meta.json` (what produced them) + `tokens-NNNNN.safetensors` chunks.
+    """A folder of OTI tokens: `meta.json` (what produced them) + `tokens-{label}.safetensors` chunks.
 
     Each chunk holds `tokens` [n, H] and the `image_embeds` [n, P] they were inverted from (so Phi
     distillation reads its training pairs from the store alone), with the image names in the file's
@@ -41,6 +42,7 @@ class TokenStore:
         from zscir.utils.io import read_json, write_json_atomic
 
         self.folder = Path(folder)
+        self.inverted = 0  # images this process inverted into the store (`invert_to_store`)
         meta_path = self.folder / META_NAME
         if meta is None:
             if not meta_path.is_file():
@@ -73,15 +75,17 @@ class TokenStore:
                     found[name] = (path, row)
         return found
 
-    def append(self, names: Sequence[str], tokens: torch.Tensor, image_embeds: torch.Tensor) -> Path:
-        """Write one chunk (tokens [n, H], image embeddings [n, P]) atomically; returns its path."""
+    def write_chunk(self, label: str, names: Sequence[str], tokens: torch.Tensor, image_embeds: torch.Tensor) -> Path:
+        """Write chunk `tokens-{label}` (tokens [n, H], image embeddings [n, P]) atomically; returns its path.
+
+        The label names the chunk's place in its image list (`chunk_label`), so processes writing side
+        by side never pick the same file and a rerun writes the same files as an uninterrupted run.
+        """
         from safetensors.torch import save_file
 
         from zscir.utils.io import atomic_path
 
-        chunks = self._chunks()
-        number = int(chunks[-1].stem.split("-")[1]) + 1 if chunks else 0
-        path = self.folder / f"tokens-{number:05d}.safetensors"
+        path = self.folder / f"tokens-{label}.safetensors"
         with atomic_path(path) as tmp:
             save_file({"tokens": tokens.detach().float().cpu().contiguous(),
                        "image_embeds": image_embeds.detach().float().cpu().contiguous()}, str(tmp),
@@ -140,34 +144,57 @@ def store_meta(backbone, bank: ConceptBank | None, config: OTIConfig, features_k
             "features": features_key}
 
 
+def chunk_label(names: Sequence[str], chunk_size: int, chunk: int) -> str:
+    """`{hash of the image list and chunk size}-{chunk:05d}`: chunk files of one list sort in list order."""
+    return f"{hash_parts(list(names), chunk_size)[:12]}-{chunk:05d}"
+
+
 def invert_to_store(backbone, names: Sequence[str], image_embeds: torch.Tensor, bank: ConceptBank | None,
                     config: OTIConfig, folder: str | os.PathLike, chunk_size: int = 256, progress: bool = True,
-                    features_key: str | None = None) -> TokenStore:
+                    features_key: str | None = None, group: ProcessGroup = SINGLE) -> TokenStore:
     """Resumable OTI over an image list: images already in `folder` are skipped, the rest inverted in chunks.
+
+    The list is cut into fixed chunks of `chunk_size` images; a chunk with images still missing is
+    inverted (those images, in batches from the chunk's start) and written as one file. Under several
+    processes (`group`) every process agrees on the unfinished chunks, inverts its share of them
+    (round robin) and waits for the others. Every image's random streams are seeded by its name and
+    each chunk is optimised in the same batches whatever the number of processes, so 1 and N
+    processes write the same tokens (bit-identical on the CPU with the same thread count; tested).
 
     Args:
         backbone / bank / config: as in `invert_images`.
         names: N unique image names.
         image_embeds: [N, P] their embeddings.
-        folder: the TokenStore folder.
-        chunk_size: images per chunk file (the unit of resumption).
+        folder: the TokenStore folder (shared by all processes).
+        chunk_size: images per chunk file (the unit of resumption and of sharing out).
         features_key: identifies the image features (e.g. the feature-cache key); stored in the meta.
+        group: the process group (`zscir.retrieval.shards.process_group`); one process by default.
     Returns:
-        The TokenStore holding a token for every name.
+        The TokenStore holding a token for every name (on every process, after all have finished);
+        its `inverted` counts the images this process inverted.
     """
     from tqdm.auto import tqdm
 
     config.check()
-    store = TokenStore(folder, store_meta(backbone, bank, config, features_key))
+    chunk_size = max(1, int(chunk_size))
+    meta = store_meta(backbone, bank, config, features_key)
+    if group.is_main:
+        TokenStore(folder, meta)  # creates the folder and meta.json (or refuses other settings) once
+    group.barrier()
+    store = TokenStore(folder, meta)
     done = store.index()
-    todo = [i for i, n in enumerate(names) if n not in done]
-    with tqdm(total=len(names), initial=len(names) - len(todo), desc="OTI", unit="img",
-              disable=not progress or None) as bar:
-        for s in range(0, len(todo), chunk_size):
-            rows = todo[s : s + chunk_size]
+    chunks = [range(s, min(s + chunk_size, len(names))) for s in range(0, len(names), chunk_size)]
+    todo = [c for c, rows in enumerate(chunks) if any(names[i] not in done for i in rows)]
+    group.barrier()  # every process has scanned before any chunk is written: all agree on `todo`
+    mine = group.share(todo)
+    pending = {c: [i for i in chunks[c] if names[i] not in done] for c in mine}
+    with tqdm(total=sum(map(len, pending.values())), desc="OTI", unit="img", disable=not progress or None) as bar:
+        for c, rows in pending.items():
             chunk_names = [names[i] for i in rows]
             result = invert_images(backbone, image_embeds[rows], bank, config, chunk_names, _bar=bar)
-            store.append(chunk_names, result.tokens, image_embeds[rows])
+            store.write_chunk(chunk_label(names, chunk_size, c), chunk_names, result.tokens, image_embeds[rows])
+            store.inverted += len(rows)
+    group.barrier()
     return store
 
 

@@ -187,18 +187,33 @@ def save_training_state(accelerator, model, optimizer, scheduler, folder: Path) 
     save_rng(folder, accelerator.process_index, accelerator.step)
 
 
+def check_process_count(folder: Path, rank: int, world: int) -> None:
+    """Refuse a resume whose process count differs from the run that saved `folder` (one RNG file per process).
+
+    Raises:
+        ZscirError: names both counts and the launch option that resumes it.
+    """
+    saved = len(list(folder.glob("rng-*.json")))
+    if saved and saved != world:
+        raise ZscirError(f"{folder}: saved by a run of {saved} process(es), this run has {world} (rank {rank}): "
+                         f"resume with the same number (`accelerate launch --num_processes {saved}`, or no launcher "
+                         "for 1), or start a new output folder")
+
+
 def load_training_state(accelerator, model, optimizer, scheduler, folder: Path) -> None:
     """Inverse of `save_training_state` on every process, after `check_checkpoint_files`.
 
     Raises:
         UnsafeCheckpointError: the folder holds a foreign (possibly pickled) file.
-        ZscirError: a part is missing or damaged (the message names the file).
+        ZscirError: another number of processes saved it, or a part is missing or damaged (the message
+            names the file).
     """
     from safetensors.torch import load_model
 
     from zscir.utils.io import read_json
 
     check_checkpoint_files(folder)
+    check_process_count(folder, accelerator.process_index, accelerator.num_processes)
     try:
         load_model(accelerator.unwrap_model(model), str(folder / MODEL_FILE), strict=True,
                    device=str(accelerator.device))
