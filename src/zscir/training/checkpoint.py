@@ -196,8 +196,8 @@ def check_process_count(folder: Path, rank: int, world: int) -> None:
     saved = len(list(folder.glob("rng-*.json")))
     if saved and saved != world:
         raise ZscirError(f"{folder}: saved by a run of {saved} process(es), this run has {world} (rank {rank}): "
-                         f"resume with the same number (`accelerate launch --num_processes {saved}`, or no launcher "
-                         "for 1), or start a new output folder")
+                         f"resume it with {saved} process(es) (the launcher's process count; 1 = no launcher), or "
+                         "start a new output folder")
 
 
 def load_training_state(accelerator, model, optimizer, scheduler, folder: Path) -> None:
