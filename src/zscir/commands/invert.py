@@ -2,7 +2,10 @@
 
 The output folder (a `TokenStore`) holds one EMA pseudo token per image with its image embedding;
 `zscir train-phi --method searle --tokens FOLDER` distils a Phi from it, and `oti_pseudo_tokens`
-uses the same machinery as the retrieval method "SEARLE-OTI".
+uses the same machinery as the retrieval method "SEARLE-OTI". Under `accelerate launch` the image
+encoding and the optimisation are both sharded (`zscir.oti.store.invert_to_store`):
+
+    accelerate launch --num_processes 8 -m zscir.cli invert --images DIR --output-dir TOKENS ... --device cuda
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sharding image encoding over accelerate's process group (`accelerate launch`, torchrun, multi-node).
+"""Sharding image encoding (and OTI) over accelerate's process group (`accelerate launch`, torchrun, multi-node).
 
 Every process scans the same finished chunks, agrees on the same list of unfinished chunks, encodes
 its share of them (`todo[rank::world]`), writes each finished chunk atomically, and waits for the
