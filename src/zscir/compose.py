@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from zscir.data.records import strip_caption
 from zscir.errors import DataError, ZscirError
 from zscir.prompts import METHOD_TEMPLATES, PSEUDO_WORD, TEMPLATE_SETS, TEMPLATES  # noqa: F401  (re-exported)
 
@@ -82,8 +83,6 @@ def clean_caption(caption: str, where: str = "caption") -> str:
     Raises:
         DataError: not a string, or empty after stripping (the message starts with `where`).
     """
-    from zscir.data.records import strip_caption
-
     if not isinstance(caption, str):
         raise DataError(f"{where}: expected a string, got {type(caption).__name__}")
     cleaned = strip_caption(caption)

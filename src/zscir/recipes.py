@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from zscir.errors import ZscirError
+
 # ---------------------------------------------------------------------------------------------
 # CIG: α per benchmark and split (q = normalize(α·f_ref + (1−α)·f_gen), METHODS §5)
 
@@ -208,8 +210,6 @@ def get_recipe(command: str, name: str) -> Recipe:
     Raises:
         ZscirError: unknown name (lists the command's recipes).
     """
-    from zscir.errors import ZscirError
-
     recipe = RECIPES.get((command, name))
     if recipe is None:
         raise ZscirError(f"unknown recipe {name!r} for `zscir {command}`; known: {', '.join(recipe_names(command))}")

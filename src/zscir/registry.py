@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zscir.errors import ModelLoadError
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -80,8 +82,6 @@ def resolve_backbone(name_or_path: str) -> tuple[str, BackboneSpec | None]:
         ModelLoadError: for a short name that is neither registered nor a plausible hub id / folder,
             listing the known names.
     """
-    from zscir.errors import ModelLoadError
-
     name = ALIASES.get(name_or_path, name_or_path)
     if name in BACKBONES:
         spec = BACKBONES[name]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from zscir.data.fashioniq import IMAGE_SUFFIXES  # the files the FashionIQ loader looks for, in this order
 from zscir.errors import DataError
-from zscir.utils.io import remove_stale_temps, write_bytes_atomic, write_json_atomic
+from zscir.utils.io import read_json, remove_stale_temps, write_bytes_atomic, write_json_atomic
 
 REPORT_NAME = "download_report.json"
 USER_AGENT = "zscir-downloader/0.1 (+https://github.com/zscir)"
@@ -96,8 +96,6 @@ def parse_url_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     path = Path(path)
     pairs: list[tuple[str, str]] = []
     if path.suffix == ".json":
-        from zscir.utils.io import read_json
-
         data = read_json(path)
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of {{asin, url}} objects, got {type(data).__name__}")

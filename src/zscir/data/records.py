@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from zscir.errors import DataError, ZscirError
+from zscir.utils.io import read_json
 
 # dataset name -> module that parses its layout (each exposes NAME, SPLITS, EVAL_SPLITS, ALIASES, load()).
 DATASETS: dict[str, str] = {
@@ -294,8 +295,6 @@ def read_json_as(path: Path, kind: type) -> Any:
     Raises:
         DataError: missing file, malformed JSON or wrong top-level type (naming the file).
     """
-    from zscir.utils.io import read_json
-
     value = read_json(path)
     if not isinstance(value, kind):
         expected = "a list" if kind is list else "an object"

@@ -11,6 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from zscir.data.images import load_image
+from zscir.data.synthetic.captions import describe_scene
+from zscir.data.synthetic.render import render_scene
+from zscir.data.synthetic.scene import random_scene
+
 # Real-data reference values. "published" values come from the cited paper; "derived" ones are
 # computed from published ones (the formula is given); None = no published value we know of.
 REAL_CLIP = {
@@ -96,8 +101,6 @@ def world_clip_geometry(backbone, heldout_dir) -> dict[str, float]:
     import json
     from pathlib import Path
 
-    from zscir.data.images import load_image
-
     heldout_dir = Path(heldout_dir)
     records = [json.loads(line) for line in (heldout_dir / "captions.jsonl").read_text().splitlines() if line]
     images = backbone.encode_image([load_image(heldout_dir / r["image"]) for r in records], batch_size=256)
@@ -132,10 +135,6 @@ def heldout_pairs(image_size: int = 48, n: int = 1000, seed: str = "clip-heldout
     """`n` fresh (image, canonical caption) pairs of distinct random scenes, for measuring a world CLIP
     outside a world folder (`zscir train-clip`)."""
     import random
-
-    from zscir.data.synthetic.captions import describe_scene
-    from zscir.data.synthetic.render import render_scene
-    from zscir.data.synthetic.scene import random_scene
 
     rng = random.Random(seed)
     scenes: dict = {}

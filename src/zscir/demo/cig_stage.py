@@ -35,8 +35,20 @@ from pathlib import Path
 
 import torch
 
-from zscir.demo.world_models import DONE, stage_done, stage_report
+from zscir.compose import PromptTemplate
+from zscir.data.images import load_image
+from zscir.data.records import load_benchmark
+from zscir.demo.world_models import DONE, finish_stage, stage_done, stage_report
+from zscir.evaluation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
+from zscir.evaluation.runner import Evaluator
+from zscir.generation.cig import GenerationConfig, generate_pseudo_targets, image_path, load_generator, write_manifest
+from zscir.generation.conditioning import ComposedConditioner
+from zscir.generation.tiny import TinySDXLSize, build_tiny_sdxl, build_tiny_vae
+from zscir.models.backbone import fingerprint_module
 from zscir.recipes import ALPHA_SWEEP
+from zscir.training.config import GeneratorTrainConfig, VAETrainConfig
+from zscir.training.generator import train_generator
+from zscir.training.vae import install_vae, load_pixels, reconstruction_mse, train_vae
 from zscir.utils.io import write_json_atomic
 
 ROW = "LinCIR + CIG"
@@ -129,8 +141,6 @@ def selection_split(cirr_root: Path, every: int, max_queries: int):
         (selection CIRSplit named "cirr/train-select", the train split, set of held-out image names:
         every member, reference and target of the selected queries' sets).
     """
-    from zscir.data.records import load_benchmark
-
     train = load_benchmark("cirr", cirr_root, "train")[0]
     groups = list(dict.fromkeys(q.group for q in train.queries))
     chosen = set(groups[::every])
@@ -161,10 +171,6 @@ def train_world_vae(out_dir: Path, s: CIGStageSettings, images: list[Path], held
                     progress: bool) -> tuple[Path, dict]:
     """Sub-stage 2: train (or reuse) the VAE; returns (VAE folder, report with recon MSE before/after)."""
     from diffusers import AutoencoderKL
-
-    from zscir.generation.tiny import TinySDXLSize, build_tiny_vae
-    from zscir.training.config import VAETrainConfig
-    from zscir.training.vae import load_pixels, reconstruction_mse, train_vae
 
     folder = out_dir / "vae"
     settings = {"key": _key(asdict(s)["vae_channels"], s.resolution, s.vae_steps, s.vae_batch, s.vae_lr, s.kl_weight,
@@ -197,8 +203,6 @@ def train_world_vae(out_dir: Path, s: CIGStageSettings, images: list[Path], held
 
 def _finish(tmp: Path, folder: Path, settings: dict, report: dict) -> None:
     """Marker into `tmp`, then `tmp` onto `folder` (world_models' `finish_stage` convention)."""
-    from zscir.demo.world_models import finish_stage
-
     finish_stage(tmp, folder, settings, report)
 
 
@@ -216,14 +220,6 @@ def train_world_generator(out_dir: Path, s: CIGStageSettings, backbone, phi, vae
     Returns:
         (pipeline folder with the trained UNet in `unet/`, report).
     """
-    from zscir.compose import PromptTemplate
-    from zscir.generation.conditioning import ComposedConditioner
-    from zscir.generation.tiny import TinySDXLSize, build_tiny_sdxl
-    from zscir.models.backbone import fingerprint_module
-    from zscir.training.config import GeneratorTrainConfig
-    from zscir.training.generator import train_generator
-    from zscir.training.vae import install_vae
-
     folder = out_dir / "generator"
     settings = {"key": _key(vae_key, asdict(s)["unet_channels"], asdict(s)["attention_heads"], s.unet_steps,
                             s.unet_batch, s.unet_lr, s.uncond_prob, s.seed, s.resolution,
@@ -262,9 +258,6 @@ def generate_world_targets(out_dir: Path, s: CIGStageSettings, generator_dir: Pa
     Returns:
         ({split name: pseudo-target folder}, {split name: {"generated", "skipped", "failed", "retried"}}).
     """
-    from zscir.generation.cig import GenerationConfig, generate_pseudo_targets, load_generator, write_manifest
-    from zscir.generation.conditioning import ComposedConditioner
-
     root = out_dir / "pseudo"
     owner = root / "generator.json"
     wanted = {"generator": generator_key, "gen": [s.gen_steps, s.guidance, s.dark_threshold, s.seed, s.resolution]}
@@ -297,8 +290,6 @@ def example_grid(examples: list[dict], path: Path, scale: int = 3) -> Path:
     """A PNG with one row per example: reference | pseudo target | true target (nearest-neighbour upscaled)."""
     from PIL import Image
 
-    from zscir.data.images import load_image
-
     side = 48
     grid = Image.new("RGB", (3 * side + 8, len(examples) * (side + 4)), (255, 255, 255))
     for row, ex in enumerate(examples):
@@ -324,9 +315,6 @@ def pseudo_target_similarity(evaluator, pseudo_dir: Path, backbone, seed: int = 
         than to that random image, "to_reference": mean cosine(pseudo, reference), "n"}.
     """
     import torch.nn.functional as F
-
-    from zscir.data.images import load_image
-    from zscir.generation.cig import image_path
 
     split = evaluator.split
     queries = [q for q in split.queries if q.targets and image_path(pseudo_dir, q.query_id).is_file()]
@@ -372,11 +360,6 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
         "target"}], "grid": PNG path, "vae": {...}, "generator": {...}, "generation": {...},
         "missing": {split: count}, "timings": {...}, "seconds", "reused"}.
     """
-    from zscir.evaluation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
-    from zscir.evaluation.runner import Evaluator
-    from zscir.generation.cig import image_path
-    from zscir.models.backbone import fingerprint_module
-
     start = time.time()
     s = settings or default_settings(fast)
     out_dir, world_dir = Path(out_dir), Path(world_dir)

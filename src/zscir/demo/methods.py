@@ -14,7 +14,19 @@ from pathlib import Path
 
 import torch
 
+from zscir.data.records import load_benchmark
+from zscir.data.synthetic.concepts import world_concepts, world_phrases
 from zscir.demo.world_models import finish_stage, stage_done
+from zscir.models.backbone import fingerprint_module
+from zscir.models.phi import load_inversion_network
+from zscir.models.text_tower import load_text_tower, save_text_tower
+from zscir.oti.concepts import ConceptBank
+from zscir.oti.optimise import OTIConfig
+from zscir.oti.store import oti_reference_tokens, oti_tokens_for
+from zscir.training.config import LinCIRConfig, RTDConfig
+from zscir.training.phi import read_captions, train_lincir
+from zscir.training.rtd import read_triplets, train_rtd
+from zscir.training.searle import SearleConfig, distill_phi
 
 
 @dataclass
@@ -58,10 +70,6 @@ def _train_config(cls, run: Path, steps: int, batch: int, progress: bool, **extr
 
 def lincir_phi(world_dir: Path, backbone, budget: MethodBudget, progress: bool = True):
     """Train (or reuse) a LinCIR Phi on the world's caption corpus (METHODS §2), saved at `world/phi`."""
-    from zscir.models.phi import load_inversion_network
-    from zscir.training.config import LinCIRConfig
-    from zscir.training.phi import read_captions, train_lincir
-
     folder = world_dir / "phi"
     settings = {"clip": backbone.text_fingerprint(), "steps": budget.lincir_steps, "batch": budget.lincir_batch}
     if stage_done(folder, settings):
@@ -79,13 +87,7 @@ def lincir_phi(world_dir: Path, backbone, budget: MethodBudget, progress: bool =
 
 def rtd_text_tower(world_dir: Path, backbone, phi, budget: MethodBudget, progress: bool = True):
     """Fine-tune (or reuse) the text tower with RTD on the world's text triplets (METHODS §4)."""
-    from zscir.models.text_tower import load_text_tower, save_text_tower
-    from zscir.training.config import RTDConfig
-    from zscir.training.rtd import read_triplets, train_rtd
-
     folder = world_dir / "rtd-text-encoder"
-    from zscir.models.backbone import fingerprint_module
-
     settings = {"clip": backbone.text_fingerprint(), "phi": fingerprint_module(phi), "steps": budget.rtd_steps,
                 "batch": budget.rtd_batch}
     if stage_done(folder, settings):
@@ -103,27 +105,17 @@ def rtd_text_tower(world_dir: Path, backbone, phi, budget: MethodBudget, progres
 
 def world_concept_bank(backbone):
     """SEARLE's concepts and phrases, taken from the world's grammar (offline)."""
-    from zscir.data.synthetic.concepts import world_concepts, world_phrases
-    from zscir.oti.concepts import ConceptBank
-
     concepts = world_concepts()
     return ConceptBank.build(backbone, concepts, world_phrases(concepts))
 
 
 def oti_config(budget: MethodBudget):
     """SEARLE's OTI recipe with the demo's step budget (the paper uses 350 steps)."""
-    from zscir.oti.optimise import OTIConfig
-
     return OTIConfig(steps=budget.oti_steps, batch_size=64)
 
 
 def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, progress: bool = True):
     """SEARLE's Phi distilled here: OTI on world training images, then distillation (METHODS §3)."""
-    from zscir.data.records import load_benchmark
-    from zscir.models.phi import load_inversion_network
-    from zscir.oti.store import oti_tokens_for
-    from zscir.training.searle import SearleConfig, distill_phi
-
     folder = world_dir / "searle-phi"
     settings = {"clip": backbone.text_fingerprint(), "oti": asdict(oti_config(budget)),
                 "images": budget.searle_images, "steps": budget.searle_steps, "batch": budget.searle_batch}
@@ -146,7 +138,5 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
 
 def searle_oti_tokens(world_dir: Path, evaluator, bank, budget: MethodBudget, progress: bool = True) -> torch.Tensor:
     """SEARLE-OTI: invert each query's reference image directly (resumable token store under world/runs)."""
-    from zscir.oti.store import oti_reference_tokens
-
     folder = world_dir / "runs" / "oti-references" / evaluator.full_split.name.replace("/", "-")
     return oti_reference_tokens(evaluator, bank, oti_config(budget), folder, progress=progress)

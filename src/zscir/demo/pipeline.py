@@ -19,8 +19,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from zscir.data.records import load_benchmark
+from zscir.data.synthetic.captions import describe_scene
+from zscir.data.synthetic.scene import Scene
+from zscir.data.synthetic.vocab import PROMPT_PREFIX, PSEUDO_TOKEN
+from zscir.data.synthetic.world import WorldSizes
+from zscir.demo import methods
+from zscir.demo.acceptance import acceptance, mean_std_rows
+from zscir.demo.calibration import REAL_BASELINES, REAL_CLIP, layout_properties, self_retrieval, world_clip_geometry
 from zscir.demo.methods import MethodBudget
 from zscir.demo.report import cirr_edit_types, format_results_table, query_grid, recall_by_edit_type
+from zscir.demo.world_models import build_world_data, world_clip
+from zscir.errors import ZscirError
+from zscir.evaluation.metrics import mean_metrics
+from zscir.evaluation.runner import Evaluator
+from zscir.generation.cig import image_path
+from zscir.models.backbone import Backbone
+from zscir.retrieval.features import FeatureCache
+from zscir.utils.io import write_bytes_atomic, write_json_atomic
 
 BENCHMARKS = {"cirr": "val", "fashioniq": "val", "circo": "val"}
 STAGES = ("baselines", "lincir", "rtd", "searle", "cig")
@@ -87,10 +103,6 @@ def run_demo(config: DemoConfig) -> dict:
     One seed: the results of that run. Several: `rows` and `std` are the mean and standard deviation
     over seeds, `per_seed` holds every seed's own results (also written to `out_dir/seed-{s}/`).
     """
-    from zscir.demo.acceptance import acceptance, mean_std_rows
-    from zscir.errors import ZscirError
-    from zscir.utils.io import write_bytes_atomic, write_json_atomic
-
     unknown = set(config.skip) - set(STAGES)
     if unknown:
         raise ZscirError(f"unknown stage(s) to skip: {sorted(unknown)}; stages: {', '.join(STAGES)}")
@@ -142,15 +154,6 @@ def _mean_calibration(per_seed: list[dict]) -> dict:
 
 def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
     """One seed of the demo: world, models, every row, calibration properties; writes `out_dir/results.json`."""
-    from zscir.data.records import load_benchmark
-    from zscir.data.synthetic.world import WorldSizes
-    from zscir.demo import methods
-    from zscir.demo.calibration import layout_properties, world_clip_geometry
-    from zscir.demo.world_models import build_world_data, world_clip
-    from zscir.evaluation.runner import Evaluator
-    from zscir.models.backbone import Backbone
-    from zscir.retrieval.features import FeatureCache
-
     budget = MethodBudget.fast() if config.fast else config.budget
     world = world_folder(config.cache_dir, config.fast, seed)
     timer, start = Timer(), time.perf_counter()
@@ -174,8 +177,6 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
 
     def evaluate_row(label: str, per_split_options=None, **options) -> None:
         """Evaluate one method on every benchmark; FashionIQ is averaged over its categories."""
-        from zscir.evaluation.metrics import mean_metrics
-
         row = {}
         for bench, evs in evaluators.items():
             results = []
@@ -250,8 +251,6 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
         "grid_method": grid_method,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    from zscir.utils.io import write_json_atomic
-
     write_json_atomic(out_dir / "results.json", results)
     return results
 
@@ -263,10 +262,6 @@ def reference_self_retrieval(evaluator, world_data: Path, backbone, phi) -> dict
         {"from_image_R@1": Phi(reference image embedding), "from_caption_R@1": Phi(text embedding of the
         reference's own caption) — the second separates what Phi can carry from what crosses the modality gap}.
     """
-    from zscir.data.synthetic.captions import describe_scene
-    from zscir.data.synthetic.scene import Scene
-    from zscir.demo.calibration import self_retrieval
-
     split = evaluator.split
     index = {name: i for i, name in enumerate(split.gallery)}
     queries = [q for q in split.queries if q.reference in index]
@@ -289,10 +284,6 @@ def reference_in_words(evaluator, world_data: Path, backbone) -> dict:
     Returns:
         {"R@1", "R@10": of those queries, "n": queries}.
     """
-    from zscir.data.synthetic.captions import describe_scene
-    from zscir.data.synthetic.scene import Scene
-    from zscir.data.synthetic.vocab import PROMPT_PREFIX, PSEUDO_TOKEN
-
     scenes = json.loads((world_data / evaluator.full_split.dataset / "scenes.json").read_text())["images"]
     prompts = [PROMPT_PREFIX.replace(PSEUDO_TOKEN, describe_scene(Scene.from_dict(scenes[q.reference]["scene"])))
                + " " + q.captions[0] for q in evaluator.split.queries]
@@ -302,9 +293,6 @@ def reference_in_words(evaluator, world_data: Path, backbone) -> dict:
 
 def target_caption_queries(evaluator, world_data: Path, backbone) -> torch.Tensor:
     """Upper bound: each query's target described by its own canonical caption (text → image)."""
-    from zscir.data.synthetic.captions import describe_scene
-    from zscir.data.synthetic.scene import Scene
-
     bench = evaluator.full_split.dataset
     scenes = json.loads((world_data / bench / "scenes.json").read_text())["images"]
     captions = [describe_scene(Scene.from_dict(scenes[q.targets[0]]["scene"])) for q in evaluator.split.queries]
@@ -328,8 +316,6 @@ def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget)
     report = run_cig_stage(world, backbone, phi, [cirr_val], cache, world / "cig", fast=config.fast,
                            progress=config.progress)
     rows = {label: {"cirr": by_split[cirr_val.name]} for label, by_split in report["rows"].items()}
-    from zscir.generation.cig import image_path
-
     pseudo_dir = report["pseudo_dir"][cirr_val.name]
     examples = {q.query_id: image_path(pseudo_dir, q.query_id) for q in cirr_val.queries}
     _say(f"CIG: α = {report['alpha']} chosen on {report.get('alpha_selected_on', '?')}")
@@ -338,8 +324,6 @@ def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget)
 
 def render_summary(results: dict, table: str) -> str:
     """The text printed at the end of the demo: world properties vs real data, the table, which orderings hold."""
-    from zscir.demo.calibration import REAL_BASELINES, REAL_CLIP
-
     calibration = results.get("calibration", {})
     seeds = results.get("seeds")
     lines = ["", "zscir demo — synthetic world (all numbers computed by this run; percent)"

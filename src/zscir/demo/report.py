@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from zscir.data.images import load_image
+from zscir.evaluation.metrics import allowed_mask, rank_gallery, recall_at_k, target_indices, target_ranks
+
 # (benchmark, metric) columns of the printed table; FashionIQ is the mean over its categories.
 COLUMNS: list[tuple[str, str]] = [
     ("cirr", "R@1"), ("cirr", "R@5"), ("cirr", "R@10"), ("cirr", "R@50"), ("cirr", "Rs@1"),
@@ -41,8 +44,6 @@ def cirr_edit_types(world_data: Path, split: str = "val") -> dict[str, str]:
 
 def recall_by_edit_type(result, edit_types: dict[str, str], k: int = 1) -> dict[str, float]:
     """CIRR Recall@k (reference removed) per edit type, from an `EvalResult`."""
-    from zscir.evaluation.metrics import allowed_mask, recall_at_k, target_indices, target_ranks
-
     split = result.split
     targets = torch.tensor([t[0] for t in target_indices(split)])
     ranks = target_ranks(result.scores, targets, allowed_mask(split))
@@ -72,9 +73,6 @@ def query_grid(result, out_path: Path, num_queries: int = 4, top: int = 5, tile:
         `out_path`.
     """
     from PIL import Image, ImageDraw, ImageFont
-
-    from zscir.data.images import load_image
-    from zscir.evaluation.metrics import allowed_mask, rank_gallery
 
     split = result.split
     step = max(1, len(split.queries) // num_queries)

@@ -16,6 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from zscir.errors import ZscirError
+from zscir.models.backbone import Backbone
+from zscir.registry import default_cache_dir
+from zscir.retrieval.indexer import MANIFEST_NAME, index_folder
 
 WORLD_BACKBONE = "synthetic-clip"
 WORLD_GALLERY = ("data", "cirr", "dev")
@@ -28,8 +31,6 @@ FAST_NOTICE = ("these are the models of `zscir demo --fast`, trained for seconds
 
 def world_dir(name: str = FULL_WORLD) -> Path:
     """`{cache}/world` (or `{cache}/world-fast`), where `zscir demo` builds the synthetic world and its models."""
-    from zscir.registry import default_cache_dir
-
     return default_cache_dir() / name
 
 
@@ -74,8 +75,6 @@ def world_phi(world: Path | None = None) -> Path | None:
 
 def default_index_dir(world: Path | None = None) -> Path:
     """Where the default index of a world's gallery lives."""
-    from zscir.registry import default_cache_dir
-
     name = WORLD_INDEX if world is None or not is_fast(world) else f"{FAST_WORLD}-cirr-dev"
     return default_cache_dir() / "indexes" / name
 
@@ -88,8 +87,6 @@ def ensure_world_index(world: Path | None = None, progress: bool = True) -> Path
     Raises:
         ZscirError: the world or its tiny CLIP is absent ("run `zscir demo` first").
     """
-    from zscir.retrieval.indexer import MANIFEST_NAME, index_folder
-
     world = world or served_world()
     index_dir = default_index_dir(world)
     if (index_dir / MANIFEST_NAME).is_file():
@@ -99,8 +96,6 @@ def ensure_world_index(world: Path | None = None, progress: bool = True) -> Path
         if not needed.exists():
             raise ZscirError(f"the {what} is missing ({needed}): run `zscir demo` first, "
                              "or serve an index built with `zscir index`")
-    from zscir.models.backbone import Backbone
-
     print(f"indexing the synthetic gallery {gallery} into {index_dir} (first use)")
     report = index_folder(gallery, Backbone.load(str(clip)), index_dir, progress=progress)
     print(report.summary())

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import torch
 
-from zscir.models.factory import ClipSize
-from zscir.training.clip import ClipTrainConfig
+from zscir.data.synthetic.corpora import clip_pair_sampler
+from zscir.data.synthetic.world import build_world
+from zscir.errors import ModelLoadError
+from zscir.models.factory import ClipSize, build_clip, save_clip_folder
+from zscir.models.tokenizer import openai_clip_tokenizer
+from zscir.training.clip import ClipTrainConfig, init_geometry, train_clip
 
 DONE = "zscir_done.json"
 
@@ -44,8 +48,6 @@ def stage_report(folder: Path) -> dict:
 
 def build_world_data(world_dir: Path, seed: int = 0, sizes: dict | None = None) -> dict:
     """Write (or reuse) the synthetic world's datasets and corpora under `world_dir/data`."""
-    from zscir.data.synthetic.world import build_world
-
     return build_world(world_dir / "data", seed=seed, sizes=sizes)
 
 
@@ -56,8 +58,6 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
 
 def world_tokenizer(context_length: int):
     """The world CLIP's tokenizer: OpenAI CLIP's BPE (vendored), so the world sees what real text does to `$`."""
-    from zscir.models.tokenizer import openai_clip_tokenizer
-
     return openai_clip_tokenizer(model_max_length=context_length)
 
 
@@ -65,9 +65,6 @@ def train_world_clip(out_dir: Path, config: ClipTrainConfig | None = None, progr
                      stop_after: int | None = None) -> Path:
     """Train the world CLIP from scratch on the world's pair stream (the recipe of `default_clip_config`;
     `stop_after` = only the first steps of it)."""
-    from zscir.data.synthetic.corpora import clip_pair_sampler
-    from zscir.training.clip import train_clip
-
     config = config or default_clip_config()
     sampler = clip_pair_sampler(image_size=config.size.image_size)
     return train_clip(sampler, world_tokenizer(config.size.context_length), out_dir, config, progress=progress,
@@ -139,9 +136,6 @@ def pack_world_clip(trained: Path, package: Path) -> Path:
     """
     from safetensors.torch import load_file, save_file
 
-    from zscir.models.factory import build_clip
-    from zscir.training.clip import init_geometry
-
     trained, package = Path(trained), Path(package)
     log = json.loads((trained / "train_log.json").read_text())
     config = _clip_config_from_log(log)
@@ -174,9 +168,6 @@ def unpack_world_clip(package: Path, out_dir: Path) -> Path:
     """Rebuild a loadable CLIP folder from `pack_world_clip`'s package data (see there)."""
     from safetensors.torch import load_file
 
-    from zscir.models.factory import build_clip, save_clip_folder
-    from zscir.training.clip import init_geometry
-
     package, out_dir = Path(package), Path(out_dir)
     log = json.loads((package / "train_log.json").read_text())
     config = _clip_config_from_log(log)
@@ -191,8 +182,6 @@ def unpack_world_clip(package: Path, out_dir: Path) -> Path:
     tensors[key] = embedding
     missing = set(state) - set(tensors)
     if missing:
-        from zscir.errors import ModelLoadError
-
         raise ModelLoadError(f"{package}: shipped world CLIP lacks {sorted(missing)[:3]}")
     model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
     save_clip_folder(model.eval(), tokenizer, out_dir, config.size)

@@ -29,6 +29,7 @@ from zscir.errors import DataError, ZscirError
 from zscir.evaluation.metrics import evaluate_split, mean_metrics
 from zscir.models.backbone import fingerprint_module
 from zscir.models.phi import check_fits
+from zscir.oti.store import TokenStore
 from zscir.retrieval.features import FeatureCache, ImageFeatures
 
 # How a CIRCO query's text is built from its caption (and shared concept): data, not code paths.
@@ -289,8 +290,6 @@ def evaluate_saved_tokens(backbone, splits: Sequence[CIRSplit], cache: FeatureCa
     Raises:
         ZscirError: tokens of another text tower (setting "tokens"); DataError: a reference without a token.
     """
-    from zscir.oti.store import TokenStore
-
     store = TokenStore(token_folder)
     if store.meta.get("text_fingerprint") != backbone.text_fingerprint():
         raise ZscirError(f"{token_folder}: the OTI tokens were optimised with another text tower than "

@@ -18,6 +18,7 @@ import torch
 from zscir.data.records import CIRSplit
 from zscir.errors import DataError, ZscirError
 from zscir.evaluation.metrics import allowed_mask, as_scores, rank_gallery
+from zscir.utils.io import write_json_atomic
 
 CIRR_VERSION = "rc2"
 TOP_K = 50
@@ -167,8 +168,6 @@ def write_submission(split: CIRSplit, scores, out_dir: str | Path, k: int = TOP_
         The written paths: CIRR `cirr_{split}_recall.json` and `cirr_{split}_recall_subset.json`;
         CIRCO `circo_{split}.json`.
     """
-    from zscir.utils.io import write_json_atomic
-
     out_dir = Path(out_dir)
     stem = split.name.replace("/", "_")
     if split.dataset == "cirr":

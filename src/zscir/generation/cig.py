@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from zscir.data.images import load_image
 from zscir.errors import DataError, ModelLoadError, require
 from zscir.generation.conditioning import (
     ComposedConditioner,
@@ -39,7 +40,9 @@ from zscir.generation.conditioning import (
     save_conditioning,
 )
 from zscir.generation.options import SCHEDULERS, GenerationConfig  # noqa: F401  (re-exported)
-from zscir.utils.io import remove_stale_temps
+from zscir.models.backbone import resolve_dtype
+from zscir.utils.device import check_device
+from zscir.utils.io import atomic_path, remove_stale_temps, write_json_atomic
 from zscir.utils.terminal import bars_only_on_a_terminal
 
 MANIFEST = "manifest.json"
@@ -137,9 +140,6 @@ def load_generator(source: str | Path, unet: str | Path | None = None, vae: str 
     Raises:
         ModelLoadError: missing folder or unreachable hub id, unknown scheduler.
     """
-    from zscir.models.backbone import resolve_dtype
-    from zscir.utils.device import check_device
-
     if not cpu_offload:
         check_device(device)
 
@@ -230,8 +230,6 @@ def render_with_retries(pipe, cond: Conditioning, seeds: Sequence[int], config: 
 
 def save_image_atomic(image, path: str | Path) -> None:
     """Write a PNG through a temp file + rename (never a half-written file under `path`)."""
-    from zscir.utils.io import atomic_path
-
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
@@ -291,8 +289,6 @@ def _previous_retries(out_dir: Path) -> dict[str, list[int]]:
 def _conditionings_for(batch, conditioner: ComposedConditioner | None, conditioning_dir: Path | None,
                        report: GenerationReport) -> tuple[list, Conditioning | None]:
     """Saved or freshly computed conditionings of a batch of (split, query); failures go to the report."""
-    from zscir.data.images import load_image
-
     ready: dict[str, Conditioning] = {}
     to_compute = []
     for split, query in batch:
@@ -396,8 +392,6 @@ def generate_pseudo_targets(pipe, splits: Sequence, out_dir: str | Path, config:
 
 def write_manifest(out_dir: str | Path, report: GenerationReport, name: str = MANIFEST) -> Path:
     """Write a report as JSON (atomically) under `out_dir`."""
-    from zscir.utils.io import write_json_atomic
-
     path = Path(out_dir) / name
     write_json_atomic(path, report.to_json())
     return path

@@ -25,6 +25,9 @@ import torch
 
 from zscir.compose import PromptTemplate, caption_variants
 from zscir.errors import DataError, ModelLoadError
+from zscir.models.backbone import Backbone
+from zscir.models.phi import check_fits, load_inversion_network
+from zscir.utils.io import atomic_path
 
 PROMPT_KEY, POOLED_KEY = "prompt_embeds", "pooled_prompt_embeds"
 
@@ -208,8 +211,6 @@ def save_conditioning(folder: str | Path, query_id: str, cond: Conditioning) -> 
     """Write one query's conditioning ([L, H1+H2] and [P2], fp32) atomically; returns the file."""
     from safetensors.torch import save_file
 
-    from zscir.utils.io import atomic_path
-
     if len(cond) != 1:
         raise ValueError(f"save_conditioning takes one query, got {len(cond)} rows")
     path = conditioning_path(folder, query_id)
@@ -256,9 +257,6 @@ def build_composed_conditioner(backbone_1, phi_1, backbone_2=None, phi_2=None, t
     Returns:
         The conditioner; each Phi is checked against its tower's dims first.
     """
-    from zscir.models.backbone import Backbone
-    from zscir.models.phi import check_fits, load_inversion_network
-
     def tower(source):
         return Backbone.load(source, device=device, dtype=dtype) if isinstance(source, str) else source
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zscir.errors import require
+from zscir.utils.io import apply_umask_modes
 
 # SDXL's time ids: original size (2) + crop top-left (2) + target size (2).
 N_TIME_IDS = 6
@@ -142,7 +143,5 @@ def build_tiny_sdxl(clip_dir_1: str | Path, clip_dir_2: str | Path | None, folde
     folder = Path(folder)
     pipe.save_pretrained(str(folder))
     (folder / "zscir_tiny_sdxl.json").write_text(json.dumps(asdict(size), indent=2))
-    from zscir.utils.io import apply_umask_modes
-
     apply_umask_modes(folder)  # save_pretrained's safetensors files are 0600 whatever the umask
     return folder

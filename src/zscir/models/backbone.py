@@ -19,6 +19,8 @@ from PIL import Image
 from zscir.errors import ModelLoadError
 from zscir.models.pseudo_tokens import PseudoTokenOutput, encode_with_pseudo_tokens, end_of_text_positions
 from zscir.models.tokenizer import pseudo_token_id
+from zscir.registry import resolve_backbone
+from zscir.utils.device import check_device
 from zscir.utils.terminal import bars_only_on_a_terminal
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -148,9 +150,6 @@ class Backbone:
             CLIPTextModelWithProjection,
             CLIPVisionModelWithProjection,
         )
-
-        from zscir.registry import resolve_backbone
-        from zscir.utils.device import check_device
 
         device = check_device(device)
         source, spec = resolve_backbone(name_or_path)

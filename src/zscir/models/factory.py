@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from zscir.utils.io import apply_umask_modes
+
 
 @dataclass
 class ClipSize:
@@ -86,8 +88,6 @@ def save_clip_folder(model, tokenizer, folder: str | Path, size: ClipSize | None
     image_processor_for(model.config.vision_config.image_size).save_pretrained(folder)
     if size is not None:
         (folder / "zscir_clip_size.json").write_text(json.dumps(asdict(size), indent=2))
-    from zscir.utils.io import apply_umask_modes
-
     apply_umask_modes(folder)  # save_pretrained's safetensors files are 0600 whatever the umask
     return folder
 

@@ -20,6 +20,10 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from torch import nn
 
 from zscir.errors import ModelLoadError, first_line
+from zscir.models.zoo import resolve_phi
+from zscir.registry import ALIASES, BACKBONES, resolve_backbone
+from zscir.utils.device import check_device
+from zscir.utils.io import atomic_path, read_json, write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -81,8 +85,6 @@ class InversionNetwork(nn.Module, PyTorchModelHubMixin, library_name="zscir", mo
     def _save_pretrained(self, save_directory: Path) -> None:
         """Weights as `model.safetensors` and `config.json` = {kind, dims, backbone} (what the loaders read)."""
         from safetensors.torch import save_file
-
-        from zscir.utils.io import atomic_path, write_json_atomic
 
         with atomic_path(save_directory / WEIGHTS_NAME) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
@@ -245,8 +247,6 @@ def load_folder(folder: Path) -> nn.Module:
 
 def _network_from_config(config_path: Path) -> nn.Module:
     """The (untrained) network a zscir `config.json` describes; unknown or missing fields are one-line errors."""
-    from zscir.utils.io import read_json
-
     config = read_json(config_path)
     if not isinstance(config, dict):
         raise ModelLoadError(f"{config_path}: expected an object of network fields, got {type(config).__name__}")
@@ -302,8 +302,6 @@ class L2NormalizedInput(nn.Module):
 
 def save_published_phi(phi: Phi, path: str | Path) -> Path:
     """Write the published `{'Phi': state_dict}` format (readable by SEARLE / LinCIR / RTD code)."""
-    from zscir.utils.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"Phi": {k: v.detach().cpu() for k, v in phi.state_dict().items()}}, tmp)
     return Path(path)
@@ -319,8 +317,6 @@ def load_inversion_network(path: str | Path, device: str | torch.device = "cpu")
     Raises:
         ModelLoadError: missing file or unrecognised content (the message names what was found).
     """
-    from zscir.models.zoo import resolve_phi
-
     path = resolve_phi(path)
     if path.is_dir():
         config_path = path / CONFIG_NAME
@@ -340,8 +336,6 @@ def load_inversion_network(path: str | Path, device: str | torch.device = "cpu")
             raise ModelLoadError(f"{path}: no 'Phi' or 'state_dict_img2text' entry (found {keys})")
     else:
         raise ModelLoadError(f"{path}: no such file or folder")
-    from zscir.utils.device import check_device
-
     return net.to(check_device(device)).eval()
 
 
@@ -379,8 +373,6 @@ def backbone_identity(name_or_path: str) -> str | None:
     """What a Phi records as its backbone: the registered name for a registered name / alias / its hub id
     (so "L14", "ViT-L/14" and "openai/clip-vit-large-patch14" are one), a hub id as is, None for another
     local folder (its identity is unknown; only the dims can be checked)."""
-    from zscir.registry import ALIASES, BACKBONES, resolve_backbone
-
     name = ALIASES.get(name_or_path, name_or_path)
     if name in BACKBONES:
         return name

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from zscir.errors import ModelLoadError, first_line
+from zscir.models.phi import load_state_checked, torch_load_weights
+from zscir.utils.io import apply_umask_modes, atomic_path
 
 RTD_KEY = "CLIPTextModelWithProjection"
 
@@ -22,8 +24,6 @@ def load_text_tower(path: str | Path, like: torch.nn.Module) -> torch.nn.Module:
         ModelLoadError: missing path, wrong format or a state dict of the wrong shape.
     """
     from transformers import CLIPTextModelWithProjection
-
-    from zscir.models.phi import load_state_checked, torch_load_weights
 
     path = Path(path)
     if path.is_dir():
@@ -46,8 +46,6 @@ def load_text_tower(path: str | Path, like: torch.nn.Module) -> torch.nn.Module:
 
 def save_text_tower(tower: torch.nn.Module, folder: str | Path, rtd_file: str | Path | None = None) -> Path:
     """Save a text tower as an HF folder and, optionally, in RTD's `.pt` format."""
-    from zscir.utils.io import apply_umask_modes, atomic_path
-
     folder = Path(folder)
     tower.save_pretrained(folder)
     apply_umask_modes(folder)  # save_pretrained's safetensors files are 0600 whatever the umask

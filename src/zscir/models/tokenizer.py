@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from zscir.errors import ModelLoadError
+
 PSEUDO_WORD = "$"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -151,8 +153,6 @@ def pseudo_token_id(tokenizer, word: str = PSEUDO_WORD) -> int:
     Raises:
         ModelLoadError: if the word is not exactly one token for this tokenizer.
     """
-    from zscir.errors import ModelLoadError
-
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ModelLoadError(f"the pseudo word {word!r} is {len(ids)} tokens for this tokenizer, expected exactly 1")

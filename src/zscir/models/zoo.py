@@ -17,7 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zscir.errors import ModelLoadError
+from zscir.errors import ModelLoadError, require
+from zscir.registry import default_cache_dir
+from zscir.utils.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ MAX_DOWNLOAD_BYTES = 2 * 1024**3  # a Phi is ~100 MB (bigG); refuse anything abs
 
 def zoo_dir() -> Path:
     """`{cache}/zoo`: where zoo checkpoints are kept."""
-    from zscir.registry import default_cache_dir
-
     return default_cache_dir() / "zoo"
 
 
@@ -119,8 +119,6 @@ def fetch(entry: ZooEntry, timeout: float = 30.0) -> Path:
     import urllib.error
     import urllib.request
 
-    from zscir.utils.io import atomic_path
-
     path = zoo_path(entry)
     if path.is_file():
         check_zoo_file(entry, path)
@@ -161,8 +159,6 @@ def fetch_from_hub(spec: str) -> Path:
     Raises:
         ModelLoadError: hub unreachable / offline, unknown repo or file (one line).
     """
-    from zscir.errors import require
-
     hub = require("huggingface_hub", "train")
     parts = spec.split("/")
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None

@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from zscir.compose import PSEUDO_WORD, mask_spans
 from zscir.data.synthetic.concepts import WORLD_TEMPLATES, world_concepts, world_phrases
 from zscir.errors import DataError, ZscirError
+from zscir.models.backbone import _hub_error
+from zscir.models.tokenizer import pseudo_word_counts
+from zscir.registry import default_cache_dir
 from zscir.utils.hashing import derived_seed
+from zscir.utils.io import write_json_atomic
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}",
@@ -73,8 +77,6 @@ def holds_pseudo_word(backbone, masked: Sequence[str]) -> list[bool]:
 
     A text failing this would give a phrase loss that does not depend on the pseudo token.
     """
-    from zscir.models.tokenizer import pseudo_word_counts
-
     if not masked:
         return []
     full = pseudo_word_counts(backbone.tokenizer, masked)
@@ -352,8 +354,6 @@ CONCEPT_SOURCES = ("openimages", "world")
 def concepts_path(source: str) -> Path | None:
     """The file a concept source reads: None for 'world' (built in), `<cache>/concepts/oidv7-...csv` for
     'openimages', else the path itself."""
-    from zscir.registry import default_cache_dir
-
     if source == "world":
         return None
     if source == "openimages":
@@ -389,8 +389,6 @@ def build_concept_bank(backbone, concepts: str, phrases: str, phrases_per_concep
     Returns:
         A `ConceptBank`.
     """
-    from zscir.utils.io import write_json_atomic
-
     world = concepts == "world"
     names = world_concepts() if world else load_concepts(concepts_path(concepts))
     if save_to is not None and Path(save_to).is_file():
@@ -411,8 +409,6 @@ def phrases_from_lm(source: str, concepts: Sequence[str], num_phrases: int, seed
                     device: str | torch.device = "cpu") -> dict[str, list[str]]:
     """`generate_phrases` with a causal LM loaded from a folder or hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from zscir.models.backbone import _hub_error
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -18,8 +18,11 @@ import torch
 from zscir.errors import DataError, ZscirError
 from zscir.oti.concepts import ConceptBank
 from zscir.oti.optimise import OTIConfig, invert_images
+from zscir.registry import default_cache_dir
+from zscir.retrieval.features import FeatureCache
 from zscir.retrieval.shards import SINGLE, ProcessGroup
 from zscir.utils.hashing import hash_parts
+from zscir.utils.io import atomic_path, read_json, write_json_atomic
 
 STORE_VERSION = 1
 META_NAME = "meta.json"
@@ -39,8 +42,6 @@ class TokenStore:
     """
 
     def __init__(self, folder: str | os.PathLike, meta: dict | None = None):
-        from zscir.utils.io import read_json, write_json_atomic
-
         self.folder = Path(folder)
         self.inverted = 0  # images this process inverted into the store (`invert_to_store`)
         meta_path = self.folder / META_NAME
@@ -82,8 +83,6 @@ class TokenStore:
         by side never pick the same file and a rerun writes the same files as an uninterrupted run.
         """
         from safetensors.torch import save_file
-
-        from zscir.utils.io import atomic_path
 
         path = self.folder / f"tokens-{label}.safetensors"
         with atomic_path(path) as tmp:
@@ -205,7 +204,6 @@ def features_key(backbone, pad_to_ratio: float | None) -> str:
 
 def default_oti_dir(backbone, bank: ConceptBank | None, config: OTIConfig, pad_to_ratio: float | None = None) -> Path:
     """`{cache}/oti/{hash of the settings}`: where the SEARLE-OTI helpers keep tokens by default."""
-    from zscir.registry import default_cache_dir
     meta = store_meta(backbone, bank, config, features_key(backbone, pad_to_ratio))
     return default_cache_dir() / "oti" / hash_parts(meta)
 
@@ -264,8 +262,6 @@ def oti_pseudo_tokens(backbone, images: Mapping[str, os.PathLike], names: Sequen
     Raises:
         DataError: an image missing from `images` or that does not load.
     """
-    from zscir.retrieval.features import FeatureCache
-
     unique = list(dict.fromkeys(names))
     missing = [n for n in unique if n not in images]
     if missing:

@@ -28,8 +28,10 @@ import torch
 
 from zscir.data.images import try_load_image
 from zscir.errors import ZscirError
+from zscir.registry import default_cache_dir
 from zscir.retrieval.shards import SINGLE, ProcessGroup
 from zscir.utils.hashing import hash_parts
+from zscir.utils.io import atomic_path, remove_stale_temps, write_json_atomic
 
 CACHE_VERSION = 2  # 2: file stamps in the key
 INDEX_NAME = "index.json"
@@ -37,8 +39,6 @@ INDEX_NAME = "index.json"
 
 def default_feature_dir() -> Path:
     """`zscir.registry.default_cache_dir()/features` (`$ZSCIR_CACHE/features`)."""
-    from zscir.registry import default_cache_dir
-
     return default_cache_dir() / "features"
 
 
@@ -200,8 +200,6 @@ class FeatureCache:
             fingerprint = backbone.vision_fingerprint()
             key = self.image_key(fingerprint, images, pad_to_ratio, self.content_hash, self.workers)
             folder = self.root / "images" / key
-            from zscir.utils.io import remove_stale_temps
-
             remove_stale_temps(folder)  # chunks a killed extraction was writing
             self._write_index(folder, key, names, paths, dim, pad_to_ratio, backbone.name, fingerprint)
         chunks = [slice(s, min(s + self.chunk_size, len(names))) for s in range(0, len(names), self.chunk_size)]
@@ -268,8 +266,6 @@ class FeatureCache:
             return compute()
         from safetensors.torch import load_file, save_file
 
-        from zscir.utils.io import atomic_path, remove_stale_temps
-
         path = self.root / kind / f"{hash_parts(CACHE_VERSION, *key_parts)}.safetensors"
         remove_stale_temps(path.parent)
         if path.is_file():
@@ -285,8 +281,6 @@ class FeatureCache:
     # ---- files --------------------------------------------------------------------------------
     def _write_index(self, folder: Path, key: str, names, paths, dim, pad_to_ratio, backbone_name,
                      fingerprint) -> None:
-        from zscir.utils.io import write_json_atomic
-
         if (folder / INDEX_NAME).is_file():
             return
         write_json_atomic(folder / INDEX_NAME, {
@@ -319,8 +313,6 @@ class FeatureCache:
                      failed: Mapping[int, str] | None = None) -> None:
         """One chunk file; `failed` = {row in chunk: reason} (kept so a merging process can report it)."""
         from safetensors.torch import save_file
-
-        from zscir.utils.io import atomic_path
 
         meta = {"failed": json.dumps({str(i): r for i, r in (failed or {}).items()})}
         with atomic_path(self._chunk_path(folder, c)) as tmp:

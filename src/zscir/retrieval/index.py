@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zscir.errors import ZscirError
+from zscir.errors import ZscirError, require
+from zscir.utils.io import atomic_path, read_json, write_json_atomic
 
 BACKENDS = ("exact", "flat", "ivf", "hnsw")  # built in memory by build_index
 STREAMED_BACKENDS = ("ivfpq",)  # built on disk from a stream of blocks (zscir.retrieval.ivfpq.build_ivfpq)
@@ -71,8 +72,6 @@ class Index:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the index to `folder` (atomic per file); reload with `load_index(folder)`."""
-        from zscir.utils.io import write_json_atomic
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._save_data(folder)
@@ -104,8 +103,6 @@ class ExactIndex(Index):
     def _save_data(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        from zscir.utils.io import atomic_path
-
         with atomic_path(folder / "vectors.safetensors") as tmp:
             save_file({"vectors": self.vectors.contiguous()}, str(tmp))
 
@@ -134,8 +131,6 @@ class FaissIndex(Index):
             self.index.hnsw.efSearch = int(ef_search)
 
     def _save_data(self, folder: Path) -> None:
-        from zscir.utils.io import atomic_path
-
         faiss = require_faiss()
         with atomic_path(folder / "index.faiss") as tmp:
             faiss.write_index(self.index, str(tmp))
@@ -143,8 +138,6 @@ class FaissIndex(Index):
 
 def require_faiss():
     """Import faiss or raise MissingExtraError naming `zscir[index]`."""
-    from zscir.errors import require
-
     return require("faiss", "index")
 
 
@@ -201,8 +194,6 @@ def load_index(folder: str | os.PathLike) -> Index:
     Returns:
         The index, with its saved search parameters.
     """
-    from zscir.utils.io import read_json
-
     folder = Path(folder)
     meta = read_json(folder / META_NAME)
     backend = meta.get("backend")
@@ -218,7 +209,7 @@ def load_index(folder: str | os.PathLike) -> Index:
             raise ZscirError(f"{path}: missing (incomplete index folder)")
         return ExactIndex(**common, vectors=load_file(str(path))["vectors"])
     if backend == "ivfpq":
-        from zscir.retrieval.ivfpq import load_ivfpq
+        from zscir.retrieval.ivfpq import load_ivfpq  # at call time: ivfpq builds on this module
 
         return load_ivfpq(folder, common)
     faiss = require_faiss()

@@ -32,7 +32,10 @@ import torch
 from zscir.data.images import IMAGE_EXTENSIONS, list_images
 from zscir.errors import ZscirError
 from zscir.retrieval.features import encode_image_files
+from zscir.retrieval.index import BACKENDS, STREAMED_BACKENDS, build_index
+from zscir.retrieval.ivfpq import build_ivfpq
 from zscir.retrieval.shards import SINGLE, ProcessGroup
+from zscir.utils.io import atomic_path, read_json, remove_stale_temps, write_json_atomic
 
 INDEX_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -84,8 +87,6 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
     Raises:
         ZscirError: the folder or its manifest is missing (the message says how to build one).
     """
-    from zscir.utils.io import read_json
-
     index_dir = Path(index_dir)
     if not (index_dir / MANIFEST_NAME).is_file():
         what = "does not exist" if not index_dir.exists() else f"has no {MANIFEST_NAME}"
@@ -99,8 +100,6 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
 
 def load_ids(index_dir: str | os.PathLike, manifest: dict | None = None) -> list[str]:
     """Row → relative image path table of the current snapshot."""
-    from zscir.utils.io import read_json
-
     manifest = manifest or read_manifest(index_dir)
     return read_json(Path(index_dir) / manifest["snapshot"] / IDS_NAME)
 
@@ -170,8 +169,6 @@ def _write_chunk(path: Path, features: torch.Tensor, paths: list[str], stamps: l
                  fingerprint: str) -> None:
     from safetensors.torch import save_file
 
-    from zscir.utils.io import atomic_path
-
     meta = {"paths": json.dumps(paths), "stamps": json.dumps(stamps), "fingerprint": fingerprint}
     with atomic_path(path) as tmp:
         save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
@@ -215,9 +212,6 @@ def index_folder(
     Raises:
         ZscirError: missing folder, no images, no readable image, unknown backend.
     """
-    from zscir.retrieval.index import BACKENDS, STREAMED_BACKENDS, build_index
-    from zscir.utils.io import remove_stale_temps, write_json_atomic
-
     images_dir, index_dir = Path(images_dir).expanduser(), Path(index_dir).expanduser()
     known = BACKENDS + STREAMED_BACKENDS
     if backend not in known:
@@ -295,8 +289,6 @@ def index_folder(
     snapshot = f"snapshot-{_next_number(os.listdir(index_dir), SNAPSHOT_RE):06d}"
     dim = backbone.projection_dim
     if backend in STREAMED_BACKENDS:  # on disk, from the chunks block by block: never N x P in memory
-        from zscir.retrieval.ivfpq import build_ivfpq
-
         blocks = (torch.stack([tensors[records[rel].chunk][records[rel].row] for rel in live[s : s + 4096]])
                   for s in range(0, len(live), 4096))
         index = build_ivfpq(blocks, index_dir / snapshot, len(live), dim, progress=progress, **(index_options or {}))

@@ -22,6 +22,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from zscir.errors import require
+
 LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # set by accelerate launch / torchrun
 
 
@@ -93,8 +95,6 @@ def process_group(device: str | None = "cpu") -> tuple[ProcessGroup, str]:
     device = device or "cpu"
     if launched_processes() == 1:
         return SINGLE, device
-    from zscir.errors import require
-
     accelerate = require("accelerate", "train")
     # cpu=True: gloo over CPU processes when there is no GPU (tests, CPU clusters)
     state = accelerate.PartialState(cpu=not device.startswith("cuda"))

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from zscir.errors import ZscirError
+from zscir.utils.io import atomic_path, read_json, write_json_atomic
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
@@ -69,8 +70,6 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from zscir.utils.io import write_json_atomic
-
     write_json_atomic(path, _json_safe(obj), indent=None)
 
 
@@ -80,8 +79,6 @@ def _write_json(path: Path, obj: Any) -> None:
 def save_optimizer(optimizer, folder: Path) -> None:
     """Optimiser state: tensors into safetensors, everything else (param groups, scalars) into JSON."""
     from safetensors.torch import save_file
-
-    from zscir.utils.io import atomic_path
 
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -99,8 +96,6 @@ def save_optimizer(optimizer, folder: Path) -> None:
 def load_optimizer(optimizer, folder: Path) -> None:
     """Inverse of `save_optimizer` (tuples such as `betas` come back as tuples)."""
     from safetensors.torch import load_file
-
-    from zscir.utils.io import read_json
 
     meta = read_json(folder / OPTIMIZER_JSON)
     tensors = load_file(str(folder / OPTIMIZER_TENSORS))
@@ -128,8 +123,6 @@ def save_rng(folder: Path, rank: int, accelerator_step: int) -> None:
     import numpy as np
     from safetensors.torch import save_file
 
-    from zscir.utils.io import atomic_path
-
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -149,8 +142,6 @@ def load_rng(folder: Path, rank: int) -> int:
     """Restore this process's generator states; returns accelerate's saved micro-step counter."""
     import numpy as np
     from safetensors.torch import load_file
-
-    from zscir.utils.io import read_json
 
     tensors = load_file(str(folder / f"rng-{rank}.safetensors"))
     torch.set_rng_state(tensors["torch_cpu"])
@@ -174,8 +165,6 @@ def save_training_state(accelerator, model, optimizer, scheduler, folder: Path) 
     Every process calls this (each writes its own RNG files); `folder` must exist.
     """
     from safetensors.torch import save_model
-
-    from zscir.utils.io import atomic_path
 
     if accelerator.is_main_process:
         with atomic_path(folder / MODEL_FILE) as tmp:
@@ -209,8 +198,6 @@ def load_training_state(accelerator, model, optimizer, scheduler, folder: Path) 
             names the file).
     """
     from safetensors.torch import load_model
-
-    from zscir.utils.io import read_json
 
     check_checkpoint_files(folder)
     check_process_count(folder, accelerator.process_index, accelerator.num_processes)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zscir.models.factory import ClipSize, build_clip, save_clip_folder
+from zscir.models.factory import ClipSize, build_clip, image_processor_for, save_clip_folder
 
 # (rng, batch_size) -> (images, captions)
 PairSampler = Callable[[random.Random, int], tuple[Sequence[Image.Image], Sequence[str]]]
@@ -114,8 +114,6 @@ def train_clip(
         `out_dir`, loadable with `Backbone.load(str(out_dir))`.
     """
     from tqdm.auto import tqdm
-
-    from zscir.models.factory import image_processor_for
 
     config = config or ClipTrainConfig()
     if config.threads:

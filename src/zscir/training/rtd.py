@@ -26,10 +26,16 @@ from pathlib import Path
 import torch
 
 from zscir.compose import PromptTemplate
+from zscir.data.records import strip_caption
 from zscir.errors import DataError
+from zscir.models.phi import check_fits
+from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
+from zscir.models.text_tower import load_text_tower, save_text_tower
+from zscir.retrieval.features import FeatureCache
 from zscir.training.config import RTDConfig
 from zscir.training.loop import SkipCounter, TrainTask, train
 from zscir.training.losses import nt_xent
+from zscir.training.phi import move_backbone
 
 RTD_FILE = "rtd_text_encoder.pt"
 FIELDS = ("reference_caption", "conditioning_caption", "target_caption")
@@ -60,8 +66,6 @@ def read_triplets(path: str | Path, max_bad_fraction: float = 0.1) -> tuple[list
     Returns:
         (triplets, one-line summary).
     """
-    from zscir.data.records import strip_caption
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: triplet file not found")
@@ -126,8 +130,6 @@ def frozen_text_embeddings(backbone, texts: Sequence[str], cache_dir: str | Path
     if cache_dir is None:
         encoded = compute()
     else:
-        from zscir.retrieval.features import FeatureCache
-
         encoded = FeatureCache(cache_dir, progress=progress).tensor(
             "rtd-frozen-text", [backbone.text_fingerprint(), unique], compute)
     return encoded[torch.tensor([position[t] for t in texts], dtype=torch.long)]
@@ -151,8 +153,6 @@ class ComposedTextEncoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pseudo_tokens: torch.Tensor) -> torch.Tensor:
         """[N, L] ids and [N, H] pseudo tokens → [N, P] text embeddings (differentiable in the tower)."""
-        from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
-
         return encode_with_pseudo_tokens(self.tower, input_ids, pseudo_tokens, self.pseudo_token_id).text_embeds
 
 
@@ -214,8 +214,6 @@ class RTDTask(TrainTask):
         self.encoder = ComposedTextEncoder(tower.requires_grad_(True).train(), backbone.pseudo_token_id)
 
     def setup(self, accelerator) -> None:
-        from zscir.training.phi import move_backbone
-
         move_backbone(self.backbone, accelerator.device)
         self.phi.to(accelerator.device).eval().requires_grad_(False)
 
@@ -248,8 +246,6 @@ class RTDTask(TrainTask):
         return self._validate(model.tower)
 
     def save(self, model, folder: Path) -> None:
-        from zscir.models.text_tower import save_text_tower
-
         save_text_tower(model.tower, folder, rtd_file=folder / RTD_FILE)
 
 
@@ -271,9 +267,6 @@ def train_rtd(backbone, phi: torch.nn.Module, triplets: Sequence[Triplet], confi
         `out_dir/final` hold it as an HF folder plus `rtd_text_encoder.pt`; `zscir evaluate --text-encoder`
         takes either.
     """
-    from zscir.models.phi import check_fits
-    from zscir.models.text_tower import load_text_tower
-
     config = config or RTDConfig()
     if out_dir is not None:
         config.output_dir = str(out_dir)

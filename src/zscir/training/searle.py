@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from zscir.errors import DataError, ZscirError
 from zscir.models.phi import Phi, backbone_identity, load_inversion_network
 from zscir.oti.concepts import ConceptBank
+from zscir.oti.store import TokenStore
 from zscir.training.config import SearleConfig  # noqa: F401  (re-exported: the recipe lives with the others)
 from zscir.training.loop import train
 from zscir.training.losses import DISTILL_LOSSES
@@ -174,8 +175,6 @@ def distill_from_store(backbone, token_folder: str | Path, bank: ConceptBank | N
     Returns:
         The distilled Phi (best by validation, else final).
     """
-    from zscir.oti.store import TokenStore
-
     store = TokenStore(token_folder)
     if store.meta.get("text_fingerprint") != backbone.text_fingerprint():
         raise ZscirError(f"{token_folder}: the OTI tokens were made with another text tower than "

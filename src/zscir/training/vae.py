@@ -24,9 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from zscir.data.images import load_image
 from zscir.errors import ZscirError, require
+from zscir.generation.cig import load_component, model_load_error
 from zscir.training.config import VAETrainConfig
-from zscir.training.loop import TrainTask
+from zscir.training.generator import image_to_pixels
+from zscir.training.loop import TrainTask, train
 
 
 class AutoencoderWithKL(torch.nn.Module):
@@ -48,9 +51,6 @@ class AutoencoderWithKL(torch.nn.Module):
 
 def load_pixels(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
     """[N, 3, S, S] images in [-1, 1] (the VAE's input range)."""
-    from zscir.data.images import load_image
-    from zscir.training.generator import image_to_pixels
-
     return torch.stack([image_to_pixels(load_image(p), resolution) for p in paths])
 
 
@@ -105,8 +105,6 @@ class VAETask(TrainTask):
 
     def setup(self, accelerator) -> None:
         """Load the starting VAE and decode every image once."""
-        from zscir.generation.cig import load_component, model_load_error
-
         diffusers = require("diffusers", "generate")
         try:
             vae = load_component(diffusers.AutoencoderKL, self.config.vae, "vae", torch.float32)
@@ -163,8 +161,6 @@ def train_vae(config: VAETrainConfig, image_paths: Sequence[str | Path],
     Returns:
         The loop's `TrainResult`; the trained VAE is in `result.final_dir / "vae"`.
     """
-    from zscir.training.loop import train
-
     return train(VAETask(config, image_paths, val_paths), config)
 
 

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from zscir.errors import DataError
+
 TEMP_SUFFIX = ".tmp"
 # .{name}.{pid}-{host}-{8 hex}.tmp (atomic_path) and the older mkstemp form .{name}.{8 chars}.tmp
 _TEMP_RE = re.compile(r"^\..+\.(?:(?P<pid>\d+)-(?P<host>.*)-[0-9a-f]{8}|[A-Za-z0-9_]{8})\.tmp$")
@@ -212,8 +214,6 @@ def parse_json_text(text: str, source: str | os.PathLike, max_depth: int = MAX_J
     Raises:
         DataError: malformed or too deeply nested (the message names `source` and the position).
     """
-    from zscir.errors import DataError
-
     deep = _check_depth(text, max_depth)
     if deep is not None:
         line = text.count("\n", 0, deep) + 1
@@ -233,8 +233,6 @@ def read_text_utf8(path: str | os.PathLike) -> str:
     Raises:
         DataError: missing file, or bytes that are not UTF-8 (the message names the byte offset).
     """
-    from zscir.errors import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
