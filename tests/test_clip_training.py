@@ -47,7 +47,8 @@ def test_tiny_clip_beats_chance_after_a_short_run(tmp_path):
     from zscir.models.backbone import Backbone
     from zscir.models.factory import ClipSize
     from zscir.models.tokenizer import train_clip_tokenizer
-    from zscir.training.clip import ClipTrainConfig, train_clip
+    from zscir.training.clip import train_clip
+    from zscir.training.config import ClipTrainConfig
 
     size = ClipSize(projection_dim=64, text_hidden=64, text_layers=2, text_heads=2, context_length=32,
                     vision_hidden=64, vision_layers=2, vision_heads=2, image_size=32, patch_size=8)

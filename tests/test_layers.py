@@ -99,3 +99,52 @@ def test_no_module_imports_a_higher_layer():
     found = upward_imports()
     assert not found, "imports pointing up the layers (see ARCHITECTURE.md):\n" + "\n".join(
         f"  {where}: {a} -> {b}" for (a, b), where in sorted(found.items()))
+
+
+# zscir imports a library module makes inside a function, each with its reason (everything else goes at the
+# top, so that a file's header lists what it depends on; the commands keep their run-time imports for a
+# light `zscir --help`, and `try: import ... except ImportError` marks an optional part).
+LAZY_ON_PURPOSE: dict[tuple[str, str], str] = {
+    ("zscir.training.config", "zscir.training.losses"): "the configs stay torch-free for the commands' --help",
+    ("zscir.retrieval.index", "zscir.retrieval.ivfpq"): "ivfpq builds on retrieval.index (a cycle at the top)",
+}
+
+
+def function_level_imports(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
+    """(zscir module, line) of the imports made inside a function, outside a `try` (optional) block."""
+    found = []
+
+    def visit(node, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(node, ast.Try) and child in node.body:
+                continue
+            if in_function and isinstance(child, ast.ImportFrom) and not child.level and \
+                    (child.module or "").split(".")[0] == "zscir":
+                found.append((child.module, child.lineno))
+            elif in_function and isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno) for a in child.names if a.name.split(".")[0] == "zscir")
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return found
+
+
+def test_function_level_imports_are_seen(tmp_path):
+    module = tmp_path / "zscir" / "models" / "lazy.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("import zscir.errors\n\ndef f():\n    from zscir.data import images\n    try:\n"
+                      "        import zscir.demo\n    except ImportError:\n        pass\n")
+    assert function_level_imports(module, tmp_path / "zscir") == [("zscir.data", 4)]
+
+
+def test_library_modules_import_zscir_at_the_top():
+    found = {}
+    for path in sorted(SRC.rglob("*.py")):
+        name = module_name(path)
+        if name.startswith(("zscir.commands", "zscir.cli", "zscir.__main__")):
+            continue
+        for imported, line in function_level_imports(path):
+            if (name, imported) not in LAZY_ON_PURPOSE:
+                found.setdefault((name, imported), f"{path.relative_to(SRC.parent)}:{line}")
+    assert not found, "zscir imports inside functions (move them to the top of the file):\n" + "\n".join(
+        f"  {where}: {a} imports {b}" for (a, b), where in sorted(found.items()))

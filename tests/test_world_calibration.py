@@ -75,7 +75,8 @@ def test_pack_and_unpack_world_clip_round_trip(tmp_path):
     from zscir.demo.world_models import pack_world_clip, unpack_world_clip, world_tokenizer
     from zscir.models.backbone import Backbone
     from zscir.models.factory import ClipSize
-    from zscir.training.clip import ClipTrainConfig, train_clip
+    from zscir.training.clip import train_clip
+    from zscir.training.config import ClipTrainConfig
 
     size = ClipSize(projection_dim=16, text_hidden=32, text_layers=1, text_heads=2, context_length=32,
                     vision_hidden=32, vision_layers=1, vision_heads=2, image_size=16, patch_size=8)

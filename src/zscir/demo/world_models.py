@@ -20,7 +20,8 @@ from zscir.data.synthetic.world import build_world
 from zscir.errors import ModelLoadError
 from zscir.models.factory import ClipSize, build_clip, save_clip_folder
 from zscir.models.tokenizer import openai_clip_tokenizer
-from zscir.training.clip import ClipTrainConfig, init_geometry, train_clip
+from zscir.training.clip import init_geometry, train_clip
+from zscir.training.config import ClipTrainConfig
 
 DONE = "zscir_done.json"
 

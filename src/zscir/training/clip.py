@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,39 +20,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zscir.models.factory import ClipSize, build_clip, image_processor_for, save_clip_folder
+from zscir.models.factory import build_clip, image_processor_for, save_clip_folder
+from zscir.training.config import ClipTrainConfig
 
 # (rng, batch_size) -> (images, captions)
 PairSampler = Callable[[random.Random, int], tuple[Sequence[Image.Image], Sequence[str]]]
 
 
 LOSS_HEAD = 25  # first losses kept in the training log (a short retrain must reproduce them)
-
-
-@dataclass
-class ClipTrainConfig:
-    """Recipe for the tiny CLIP (WORLD-NOTES: these settings train in minutes on 2 cores)."""
-
-    size: ClipSize = field(default_factory=ClipSize)
-    steps: int = 700
-    batch_size: int = 128
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.04
-    # bf16 autocast only pays on CPUs with bf16 units (AMX / avx512_bf16); on an AVX2-only CPU it was
-    # measured 13x slower than fp32 (18.5 vs 1.4 s per step), so fp32 is the default.
-    bf16: bool = False
-    seed: int = 0
-    threads: int | None = None
-    # Geometry of the initialisation (Liang et al. 2022: a deep net's embeddings start in a narrow cone,
-    # one per tower, and contrastive training keeps the two cones apart). A tiny 4-layer tower has
-    # almost no cone effect, so each tower's final LayerNorm bias starts as a random vector of this
-    # norm: after the projection it is a constant offset, i.e. one cone per modality. 0 = HF default.
-    modality_offset: float = 0.0
-    # Initial temperature as CLIP's logit scale (HF default ln(1/0.07) = 2.659); learnt unless frozen.
-    logit_scale_init: float | None = None
-    learn_temperature: bool = True
 
 
 def pixels_from_images(images: Sequence[Image.Image], processor) -> torch.Tensor:
