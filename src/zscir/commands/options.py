@@ -17,6 +17,8 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from zscir.recipes import ALPHA_SWEEP, CIG_ALPHA, DEFAULT_ALPHA, recipe_names  # pure data, no torch
+
 DATASETS = ("cirr", "fashioniq", "circo")
 DTYPES = ("fp32", "fp16", "bf16")
 METHOD_NAMES = ("phi", "image", "text", "sum")  # = zscir.compose.METHODS (kept light for --help)
@@ -96,10 +98,13 @@ OPTIONS: dict[str, Option] = {
                            help="folder written by `zscir generate`: fuse each query with its pseudo target's query"),
     "alpha": _opt("--alpha", type=float, metavar="X",
                   help="weight of the reference query: q = norm(a*f_ref + (1-a)*f_gen), 1 = plain; default: the "
-                  "published value of the benchmark split (CIRR test 0.5, CIRCO test 0.7, CIRR val 0.85, "
-                  "FashionIQ 0.9; zscir.recipes.CIG_ALPHA), else the CIRR val one"),
+                  "published value of the benchmark split ("
+                  + ", ".join(f"{dataset} {split} {alpha:g}" for (dataset, split), alpha in CIG_ALPHA.items())
+                  + f"; zscir.recipes.CIG_ALPHA), else {DEFAULT_ALPHA:g}"),
     "alpha-sweep": _opt("--alpha-sweep", type=float, nargs="*", metavar="X",
-                        help="also print metrics for each alpha (no values: 0.50..1.00 by 0.05); choose on val"),
+                        help="also print metrics for each alpha (no values: "
+                        f"{ALPHA_SWEEP[0]:.2f}..{ALPHA_SWEEP[-1]:.2f} by {ALPHA_SWEEP[1] - ALPHA_SWEEP[0]:.2f}); "
+                        "choose on val"),
 }
 
 
@@ -222,8 +227,6 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_recipe_arguments(parser, command: str) -> None:
     """`--recipe NAME` (its help lists the command's recipes) and `--print-config`."""
-    from zscir.recipes import recipe_names  # pure data, no torch
-
     add(parser, "recipe", help=OPTIONS["recipe"].kwargs["help"] + f" (one of: {', '.join(recipe_names(command))})")
     add(parser, "print-config")
 

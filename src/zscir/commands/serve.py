@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from zscir.commands.options import NETWORK_TEMPLATE, OPTIONS, add, add_hidden_alias
+from zscir.recipes import DEFAULT_ALPHA
 from zscir.web.limits import MiB, ServerLimits
 
 HELP = "Serve a search page + JSON API on an index (no arguments: the synthetic world, after `zscir demo`)."
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_hidden_alias(cig._group_actions[-2], "--generator-steps")
     add_hidden_alias(cig._group_actions[-1], "--generator-size")
     add(cig, "alpha", help="fusion weight of the reference query, 1 = plain (default: zscir.recipes.DEFAULT_ALPHA, "
-        "the CIRR val value 0.85: an index is no benchmark split)")
+        f"the CIRR val value {DEFAULT_ALPHA:g}: an index is no benchmark split)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, metavar="N", help="(default 7860)")
     add(parser, "examples", default=8, help="gallery images offered as examples")
