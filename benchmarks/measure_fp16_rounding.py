@@ -4,7 +4,8 @@ The official LinCIR / SEARLE evaluations load the CLIP towers in fp16 and call `
 rounded to fp16, the computation runs in fp32 (`Backbone.round_weights`). This script evaluates the world's
 Phis (LinCIR, and SEARLE's when the demo distilled one) on the world's val splits both ways (same Phi, same
 images) and prints, per split: how many queries' best target moved in the ranking, how many crossed a
-recall cut-off, the smallest cosine between the two query vectors, and every metric that moved.
+recall cut-off, how many top-1 images changed, how far the query vectors and scores moved, and every
+metric that moved.
 
 Run after `zscir demo` (or `zscir demo --fast`, then pass `fast`):
     ZSCIR_CACHE=$PWD/.zscir-cache OMP_NUM_THREADS=1 python benchmarks/measure_fp16_rounding.py [full|fast]
@@ -61,11 +62,13 @@ def main(which: str = "full") -> None:
                     crossed = "/".join(str(int(((r32 < k) != (r16 < k)).sum())) for k in (1, 5, 10, 50))
                     deltas = {m: round(results["fp16"].metrics[m] - v, 3) for m, v in results["fp32"].metrics.items()
                               if abs(results["fp16"].metrics[m] - v) > 1e-9}
-                    cos = float(torch.nn.functional.cosine_similarity(results["fp32"].queries,
-                                                                      results["fp16"].queries, dim=-1).min())
+                    gap = 1 - float(torch.nn.functional.cosine_similarity(results["fp32"].queries,
+                                                                          results["fp16"].queries, dim=-1).min())
+                    score = float((results["fp32"].scores - results["fp16"].scores).abs().max())
+                    top1 = int((results["fp32"].scores.argmax(1) != results["fp16"].scores.argmax(1)).sum())
                     print(f"{name:6s} {split.name:22s} queries {len(split.queries):5d}  target rank moved "
-                          f"{int((r32 != r16).sum()):4d}  crossed R@1/5/10/50 {crossed}  min query cos {cos:.6f}  "
-                          f"metric deltas {deltas or 'none'}")
+                          f"{int((r32 != r16).sum()):4d}  crossed R@1/5/10/50 {crossed}  top-1 changed {top1:3d}  "
+                          f"max 1-cos(query) {gap:.1e}  max |d score| {score:.1e}  metric deltas {deltas or 'none'}")
 
 
 if __name__ == "__main__":
