@@ -108,6 +108,10 @@ _LINCIR = {
     "val_dataset": "cirr",  # train_phi.py validates on CIRR val (--cirr_dataset_path)
 }
 
+_LINCIR_NOTE = ("batch_size is per process: the official 8 x 64 = 512 is one process at 512; with N processes "
+                "pass --batch-size 512/N. The README's first version (Dec 2023) said 30000 steps and validation / "
+                "checkpoints every 500; the values here follow the later one (CVPR 2024)")
+
 _SEARLE_DISTIL = {
     # miccunifi/SEARLE src/train_phi.py argparse defaults (latest version; also its README)
     "method": "searle",  # distillation of OTI tokens (src/train_phi.py)
@@ -166,10 +170,10 @@ _RTD = {
 
 RECIPES: dict[tuple[str, str], Recipe] = {(r.command, r.name): r for r in [
     Recipe("lincir-vit-l14", "train-phi", "LinCIR on CLIP ViT-L/14 (README command, --clip_model_name large)",
-           {**_LINCIR, "backbone": "ViT-L/14"}),
+           {**_LINCIR, "backbone": "ViT-L/14"}, _LINCIR_NOTE),
     Recipe("lincir-bigg14", "train-phi", "LinCIR on CLIP bigG/14 (the same command, --clip_model_name giga)",
            {**_LINCIR, "backbone": "bigG/14"},
-           "the README gives one command for every backbone; the 48-minute ViT-G run used 8 A100"),
+           "not pinned: the README gives one command for every backbone (the same values are used); " + _LINCIR_NOTE),
     Recipe("searle-vit-b32", "train-phi", "SEARLE Phi distilled from ImageNet1K-test OTI tokens, ViT-B/32",
            {**_SEARLE_DISTIL, "backbone": "ViT-B/32"},
            "training pairs: OTI tokens of the 100,000 ImageNet1K test images (zscir invert --recipe searle-vit-b32)"),
