@@ -199,8 +199,8 @@ def add_model_arguments(parser) -> None:
                         help="L2-normalise the image embeddings before Phi (LinCIR's --l2_normalize)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                         help="fp16: round the towers' weights to fp16 and compute in --dtype, as the official LinCIR "
-                        "and SEARLE evaluations load them (published val numbers can differ from fp32 by a query "
-                        "or two because of it; benchmarks/measure_fp16_rounding.py) (default fp32)")
+                        "and SEARLE evaluations load them; a near tie can then rank the other way (measured on the "
+                        "world in BENCHMARKS.md: no metric moved) (default fp32)")
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
