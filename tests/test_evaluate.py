@@ -451,3 +451,28 @@ def test_a_template_typo_stops_before_any_encoding_and_lists_the_names(benchmark
     err = capsys.readouterr().err
     assert "--template" in err and "pic2wrd" in err and all(name in err for name in TEMPLATES)
     assert not (tmp_path / "cache").exists()  # nothing was encoded
+
+
+def test_alpha_defaults_to_the_published_value_of_the_split_in_every_command():
+    """evaluate, submit and serve leave --alpha unset; evaluate/submit take the split's published α
+    (lan-lw/ComposedImageGen SEARLE_CIG/src/validate.py, generate_test_submission.py), serve the CIRR val one."""
+    import inspect
+
+    from zscir.cli import build_parser
+    from zscir.commands.common import cig_alpha_of
+    from zscir.recipes import DEFAULT_ALPHA
+    from zscir.retrieval.service import SearchService
+
+    parser = build_parser()
+    common = ["--root", "r", "--backbone", "b", "--phi", "p", "--pseudo-targets", "d"]
+    expected = {("evaluate", "cirr", "val"): 0.85, ("evaluate", "fashioniq", "val"): 0.9,
+                ("submit", "cirr", "test"): 0.5, ("submit", "circo", "test"): 0.7}
+    for (command, dataset, split), alpha in expected.items():
+        args = parser.parse_args([command, "--dataset", dataset, "--split", split, *common])
+        assert args.alpha is None and cig_alpha_of(args) == (alpha, f"published for {dataset} {split}")
+    args = parser.parse_args(["evaluate", "--dataset", "circo", "--split", "val", *common])
+    assert cig_alpha_of(args)[0] == DEFAULT_ALPHA and "no published value" in cig_alpha_of(args)[1]
+    args = parser.parse_args(["submit", "--dataset", "cirr", *common, "--alpha", "0.6"])
+    assert cig_alpha_of(args) == (0.6, "--alpha")
+    assert parser.parse_args(["serve"]).alpha is None
+    assert inspect.signature(SearchService).parameters["alpha"].default is None  # -> DEFAULT_ALPHA
