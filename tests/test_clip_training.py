@@ -65,3 +65,22 @@ def test_tiny_clip_beats_chance_after_a_short_run(tmp_path):
     r5 = recall_at_k(target_ranks(sims, torch.arange(len(scenes))), 5)
     chance = 100 * 5 / len(scenes)
     assert r5 > 4 * chance, f"text→image R@5 {r5:.1f} vs chance {chance:.1f}"
+
+
+def test_longest_padding_gives_the_same_text_features_as_full_context():
+    """train_clip pads each batch to its longest text: exact for CLIP's causal tower pooled at the end token."""
+    from zscir.demo.world_models import world_tokenizer
+    from zscir.models.factory import ClipSize, build_clip
+
+    tokenizer = world_tokenizer(40)
+    size = ClipSize(projection_dim=16, text_hidden=32, text_layers=2, text_heads=2, context_length=40,
+                    vision_hidden=32, vision_layers=1, vision_heads=2, image_size=16, patch_size=8)
+    model = build_clip(tokenizer, size, seed=0).eval()
+    texts = ["Make the circle green, and remove the star.", "a red square on a white background", "x"]
+    with torch.no_grad():
+        full = model.get_text_features(input_ids=tokenizer(texts, padding="max_length", max_length=40,
+                                                           return_tensors="pt")["input_ids"]).pooler_output
+        ids = tokenizer(texts, padding="longest", truncation=True, max_length=40, return_tensors="pt")["input_ids"]
+        short = model.get_text_features(input_ids=ids).pooler_output
+    assert ids.shape[1] < 40
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)

@@ -220,8 +220,8 @@ def test_render_is_deterministic_and_draws_the_graph():
 
 
 def test_clip_stream_is_seeded_and_mixes_edit_text():
-    def take(seed, n=60):
-        items = list(itertools.islice(clip_pretraining_stream(seed, relative_fraction=0.2, composed_fraction=0.1), n))
+    def take(seed, n=120):
+        items = list(itertools.islice(clip_pretraining_stream(seed, relative_fraction=0.2, composed_fraction=0.2), n))
         return [(im.tobytes(), text) for im, text in items]
 
     first = take(0)
@@ -233,6 +233,10 @@ def test_clip_stream_is_seeded_and_mixes_edit_text():
     assert any(t.lower().startswith(COMMAND_VERBS) for t in texts)  # relative items
     scene_like = (" background", " image with ", " picture of ")
     assert sum(any(m in t for m in scene_like) and not t.startswith("a photo") for t in texts) > len(texts) // 2
+    worded = [t for _, t in itertools.islice(clip_pretraining_stream(0, relative_fraction=1.0, pair_fraction=0.0,
+                                                                     attribute_fraction=0.5), 40)]
+    assert any(" is " in t or t.lower().startswith(("has ", "is ")) for t in worded)  # FashionIQ-like wording
+    assert any(t.lower().startswith(COMMAND_VERBS) for t in worded)
     images, captions = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)
     assert len(images) == len(captions) == 32 and images[0].size == (48, 48)
     again = clip_pair_sampler(relative_fraction=0.2)(random.Random(0), 32)
@@ -458,3 +462,34 @@ def test_corpora_files(world):
     from PIL import Image
 
     assert Image.open(io.BytesIO(png)).size == (SMALL.image_size, SMALL.image_size)
+
+
+def test_composed_items_describe_the_reference_then_a_change_that_leads_to_the_image_scene():
+    """CLIP pretraining's composed texts: the reference's own caption, then CIRR-like changes, within the context."""
+    from zscir.data.synthetic.cirr_captions import parse_scene_caption
+    from zscir.data.synthetic.corpora import COMPOSED_TEMPLATES, composed_item
+    from zscir.demo.world_models import world_tokenizer
+
+    context = 64  # the context the composed-pretraining experiment uses (`zscir train-clip --context-length 64`)
+    tokenizer = world_tokenizer(context)
+    rng = random.Random(5)
+    composed = 0
+    for _ in range(300):
+        reference = random_scene(rng)
+        image, text = composed_item(reference, rng, 32)
+        assert image.size == (32, 32)
+        assert len(tokenizer(text)["input_ids"]) <= context, text
+        for template in COMPOSED_TEMPLATES:
+            prefix, middle = template.split("{ref}")[0], template.split("{ref}")[1].split("{change}")[0]
+            if text.startswith(prefix) and middle in text[len(prefix):]:
+                described, change = text[len(prefix):].split(middle, 1)
+                try:
+                    scene = parse_scene_caption(described)
+                except ValueError:
+                    continue
+                assert scene == reference
+                edits, _ = parse_composite_caption(reference, change)
+                assert edits and all(e.fully_specified for e in edits)
+                composed += 1
+                break
+    assert composed > 200  # most draws fit the context; the rest fall back to the relative caption alone

@@ -133,3 +133,10 @@ def test_train_clip_command_trains_saves_and_reports_geometry(tmp_path, capsys):
     assert len(backbone.tokenizer) == 49408  # the real CLIP BPE
     assert backbone.tokenizer("the circle's color.", add_special_tokens=False)["input_ids"] != []
     assert main(["train-clip", "--out", str(out)]) == 2  # refuses to overwrite
+    mixed = tmp_path / "mixed"  # the composed-pretraining experiment: its mix and context are recorded
+    assert main(["train-clip", "--out", str(mixed), "--steps", "1", "--batch-size", "8", "--composed-fraction", "0.5",
+                 "--attribute-fraction", "0.3", "--context-length", "64", "--no-progress"]) == 0
+    recorded = json.loads((mixed / "train_log.json").read_text())["config"]
+    assert recorded["data"] == {"composed_fraction": 0.5, "attribute_fraction": 0.3}
+    assert recorded["size"]["context_length"] == 64 and Backbone.load(str(mixed)).context_length == 64
+    assert main(["train-clip", "--out", str(tmp_path / "bad"), "--composed-fraction", "2"]) == 2

@@ -4,6 +4,7 @@ The demo ships this CLIP as package data (`zscir/demo/world_clip`), as real CIR 
 pretrained CLIP; this command (or `zscir demo --train-clip`) retrains it from scratch:
     zscir train-clip --out runs/world-clip              # the shipped recipe
     zscir train-clip --out runs/short --steps 100       # a shorter run of the same recipe
+    zscir train-clip --out runs/composed --composed-fraction 0.2 --attribute-fraction 0.3 --context-length 64
 """
 
 from zscir.commands.options import add
@@ -20,6 +21,13 @@ def add_arguments(parser) -> None:
     add(parser, "seed", help="initialisation and data seed (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--composed-fraction", type=float, default=None, metavar="F",
+                        help="share of composed pretraining texts ('{reference caption}, but {change}' with the "
+                             "edited image; default: the recipe's)")
+    parser.add_argument("--attribute-fraction", type=float, default=None, metavar="F",
+                        help="share of relative captions worded as FashionIQ's statements ('the circle is green')")
+    parser.add_argument("--context-length", type=int, default=None, metavar="N",
+                        help="text context in tokens (default: the recipe's; composed texts need 64)")
     parser.add_argument("--fp16", action="store_true", help="store the weights in fp16 (how they are shipped)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -40,7 +48,15 @@ def run(args) -> int:
                                  ("threads", args.threads)) if v is not None}
     if any(v is not None and v < 1 for k, v in changes.items() if k != "seed"):
         raise ZscirError("--steps, --batch-size and --threads must be at least 1")
-    config = replace(config, **changes)
+    data = {k: v for k, v in (("composed_fraction", args.composed_fraction),
+                              ("attribute_fraction", args.attribute_fraction)) if v is not None}
+    if any(not 0 <= v <= 1 for v in data.values()):
+        raise ZscirError("--composed-fraction and --attribute-fraction must be between 0 and 1")
+    if args.context_length is not None:
+        if args.context_length < 8:
+            raise ZscirError("--context-length must be at least 8")
+        changes["size"] = replace(config.size, context_length=args.context_length)
+    config = replace(config, **changes, data={**config.data, **data})
     out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()):
         raise ZscirError(f"{out}: folder exists and is not empty; choose a new folder")

@@ -119,7 +119,8 @@ def train_clip(
     for step in bar:
         images, captions = sample_pairs(rng, config.batch_size)
         pixels = pixels_from_images(images, processor)
-        ids = tokenizer(list(captions), padding="max_length", truncation=True, max_length=context,
+        # Padded to the batch's longest text: exact for CLIP's causal tower pooled at the first end token.
+        ids = tokenizer(list(captions), padding="longest", truncation=True, max_length=context,
                         return_tensors="pt")["input_ids"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             image_embeds = model.get_image_features(pixel_values=pixels).pooler_output

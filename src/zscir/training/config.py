@@ -318,6 +318,9 @@ class ClipTrainConfig:
     # Initial temperature as CLIP's logit scale (HF default ln(1/0.07) = 2.659); learnt unless frozen.
     logit_scale_init: float | None = None
     learn_temperature: bool = True
+    # Options of the pair sampler the recipe was trained with (recorded in the log: the world's
+    # `clip_pair_sampler` mix, e.g. {"composed_fraction": 0.2}; {} = its defaults); the trainer does not read them.
+    data: dict = field(default_factory=dict)
 
 
 def _field_types(cls) -> dict[str, Any]:

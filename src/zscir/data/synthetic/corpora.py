@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,7 +21,7 @@ from zscir.data.synthetic.captions import (
     join_phrases,
 )
 from zscir.data.synthetic.cirr_captions import apply_changes, composite_caption, sample_changes
-from zscir.data.synthetic.edits import RESIZE_TEMPLATES, TEMPLATES, apply_edit, relative_caption, sample_edit
+from zscir.data.synthetic.edits import RESIZE_TEMPLATES, TEMPLATES, apply_edit, sample_edit
 from zscir.data.synthetic.render import render_scene
 from zscir.data.synthetic.scene import random_scene
 from zscir.data.synthetic.vocab import BACKGROUNDS, CELL_NAMES, COLOURS, PROMPT_PREFIX, PSEUDO_TOKEN, SHAPES, SIZES
@@ -32,16 +33,20 @@ PAIR_KINDS: tuple[str, ...] = ("move", "add", "remove", "recolour", "reshape")
 
 
 def sample_clip_items(rng: random.Random, image_size: int = 48, relative_fraction: float = 0.15,
-                      composed_fraction: float = 0.0, pair_fraction: float = 0.25) -> list[tuple[Image.Image, str]]:
+                      composed_fraction: float = 0.0, pair_fraction: float = 0.25,
+                      attribute_fraction: float = 0.0) -> list[tuple[Image.Image, str]]:
     """One draw of CLIP pretraining data: usually one (image, text) item, two for a pair.
 
     Most draws are a fresh random scene with a paraphrased full caption. Mixed in (see WORLD-NOTES:
     a text tower that never saw edit words cannot read relative captions):
     - relative items: the image of an edited scene with the CIRR-like caption that produced it
-      ("Make the circle green, and remove the star." paired with a picture containing a green circle);
-    - composed items: the edited image with "a photo of {reference caption} that {relative caption}",
-      the inference prompt with the reference described in words; off by default because it
-      trains the zero-shot task itself;
+      ("Make the circle green, and remove the star." paired with a picture containing a green circle),
+      a share `attribute_fraction` of them worded as FashionIQ's statements ("The circle is green, and
+      is without the star.");
+    - composed items (`composed_item`): the edited image with a text that describes the reference in
+      words and then the change ("{reference caption}, but {change}", "a photo of {reference caption}
+      that {change}", ...), as web captions describe a picture relative to a familiar one; off by
+      default (an experiment of `zscir train-clip --composed-fraction`, see BENCHMARKS.md);
     - pairs (position-aware variety): a scene and a one-edit variant of it (mostly move/add/remove)
       back to back, each with its own caption, so a batch holds near-duplicates that differ only
       in a position or in presence, which the image tower must tell apart.
@@ -64,47 +69,77 @@ def sample_clip_items(rng: random.Random, image_size: int = 48, relative_fractio
     if u < relative_fraction:
         edits = sample_changes(scene, rng)
         image = render_scene(apply_changes(scene, edits), image_size, rng.getrandbits(31))
-        return [(image, composite_caption(scene, edits, rng))]
-    edit = sample_edit(scene, rng, PAIR_KINDS if u >= relative_fraction + composed_fraction else None)
+        style = "attribute" if attribute_fraction and rng.random() < attribute_fraction else "command"
+        return [(image, composite_caption(scene, edits, rng, style=style))]
+    if u < relative_fraction + composed_fraction:
+        return [composed_item(scene, rng, image_size)]
+    edit = sample_edit(scene, rng, PAIR_KINDS)
     target = apply_edit(scene, edit)
     image = render_scene(target, image_size, rng.getrandbits(31))
-    if u < relative_fraction + composed_fraction:
-        prompt = PROMPT_PREFIX.replace(PSEUDO_TOKEN, describe_scene(scene, rng))
-        return [(image, f"{prompt} {relative_caption(scene, edit, rng)}")]
     first = (render_scene(scene, image_size, rng.getrandbits(31)), describe_scene(scene, rng))
     return [first, (image, describe_scene(target, rng))]
 
 
+# How a composed item words "this scene, changed like this" (web captions describe a picture relative to
+# another one in many ways; the inference prompt is one of them).
+COMPOSED_TEMPLATES: tuple[str, ...] = (
+    PROMPT_PREFIX.replace(PSEUDO_TOKEN, "{ref}") + " {change}",
+    "{ref}, but {change}",
+    "{ref}; {change}",
+    "like {ref}, {change}",
+)
+# Longest composed text kept (words and punctuation marks, each about one CLIP BPE token), so that the
+# whole text fits a 64-token context (`--context-length 64`); longer draws fall back to a relative item.
+MAX_COMPOSED_PIECES = 56
+
+
+def composed_item(reference, rng: random.Random, image_size: int = 48) -> tuple[Image.Image, str]:
+    """The image of an edited scene with a text that describes the reference in words and then the change
+    (1-3 changes, CIRR-like), e.g. "a small red circle at the top left on a white background, but make
+    the circle green." (the relative caption alone when the whole text would not fit the context)."""
+    edits = sample_changes(reference, rng)
+    image = render_scene(apply_changes(reference, edits), image_size, rng.getrandbits(31))
+    change = composite_caption(reference, edits, rng)
+    template = rng.choice(COMPOSED_TEMPLATES)
+    text = template.format(ref=describe_scene(reference, rng), change=change[0].lower() + change[1:])
+    return image, text if len(re.findall(r"\w+|[^\w\s]", text)) <= MAX_COMPOSED_PIECES else change
+
+
 def clip_pretraining_stream(seed: int, image_size: int = 48, relative_fraction: float = 0.15,
-                            composed_fraction: float = 0.0, pair_fraction: float = 0.25
-                            ) -> Iterator[tuple[Image.Image, str]]:
+                            composed_fraction: float = 0.0, pair_fraction: float = 0.25,
+                            attribute_fraction: float = 0.0) -> Iterator[tuple[Image.Image, str]]:
     """An endless, seeded stream of (image, text) pairs for contrastive CLIP pretraining.
 
     Args:
         seed: stream seed (the same seed gives the same sequence).
-        image_size, relative_fraction, composed_fraction, pair_fraction: see `sample_clip_items`.
+        image_size, relative_fraction, composed_fraction, pair_fraction, attribute_fraction: see
+            `sample_clip_items`.
     Yields:
         (PIL RGB image, text).
     """
     rng = random.Random(f"{seed}-clip-stream")
     while True:
-        yield from sample_clip_items(rng, image_size, relative_fraction, composed_fraction, pair_fraction)
+        yield from sample_clip_items(rng, image_size, relative_fraction, composed_fraction, pair_fraction,
+                                     attribute_fraction)
 
 
 def clip_pair_sampler(image_size: int = 48, relative_fraction: float = 0.15, composed_fraction: float = 0.0,
-                      pair_fraction: float = 0.25) -> Callable[[random.Random, int], tuple[list, list]]:
+                      pair_fraction: float = 0.25, attribute_fraction: float = 0.0
+                      ) -> Callable[[random.Random, int], tuple[list, list]]:
     """The same data as `clip_pretraining_stream` as a batch sampler `(rng, batch_size) -> (images, texts)`
     (the `sample_pairs` argument of `zscir.training.clip.train_clip`).
 
     Args:
-        image_size, relative_fraction, composed_fraction, pair_fraction: see `sample_clip_items`.
+        image_size, relative_fraction, composed_fraction, pair_fraction, attribute_fraction: see
+            `sample_clip_items`.
     Returns:
         A function drawing `batch_size` fresh items (a pair may be cut at the end of a batch).
     """
     def sample(rng: random.Random, batch_size: int) -> tuple[list, list]:
         items: list[tuple[Image.Image, str]] = []
         while len(items) < batch_size:
-            items += sample_clip_items(rng, image_size, relative_fraction, composed_fraction, pair_fraction)
+            items += sample_clip_items(rng, image_size, relative_fraction, composed_fraction, pair_fraction,
+                                       attribute_fraction)
         images, texts = zip(*items[:batch_size])
         return list(images), list(texts)
 
