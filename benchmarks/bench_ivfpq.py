@@ -15,6 +15,7 @@ the indexed vectors). Goal: ≤ 20 ms per query at recall@50 ≥ 0.95, peak memo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import shutil
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--intrinsic-dim", type=int, default=32)
     parser.add_argument("--memory-budget", default="4GB")
     parser.add_argument("--opq", action="store_true")
+    parser.add_argument("--nlist", type=int, default=None,
+                        help="override the plan's IVF cells (the training sample stays 64 points per cell)")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--latency-queries", type=int, default=50)
     parser.add_argument("--k", type=int, default=50)
@@ -129,6 +132,9 @@ def main() -> None:
     folder = Path(args.folder or tempfile.mkdtemp(prefix="bench-ivfpq-"))
     memory = MemoryWatch()
     plan = plan_ivfpq(args.n, args.dim, args.memory_budget, args.opq)
+    if args.nlist:
+        train_size = min(args.n, max(plan.train_size, 64 * args.nlist))
+        plan = dataclasses.replace(plan, nlist=args.nlist, train_size=train_size)
     print(f"bench_ivfpq n={args.n} dim={args.dim} intrinsic={args.intrinsic_dim} budget={args.memory_budget} "
           f"threads={args.threads} plan={plan} (float32 data would be {args.n * args.dim * 4 / 2**30:.2f}GB; "
           f"rss at start {rss_gb():.2f}GB; load average {load_text()})", flush=True)
