@@ -17,6 +17,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,8 +101,7 @@ def main() -> None:
                   f"identical to the first run: {timing['same']}", flush=True)
 
     def median(name: str, key: str) -> float:
-        values = sorted(r["full"][key] - r["startup"][key] for r in runs[name])
-        return values[len(values) // 2]
+        return statistics.median(r["full"][key] - r["startup"][key] for r in runs[name])
 
     base = configs[0][0]
     line = [f"bench_shards images={args.images} model=ViT-B/32-size(random) batch={args.batch_size} "
