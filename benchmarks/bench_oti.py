@@ -65,12 +65,12 @@ def main() -> None:
     rates = {b: _rate(backbone, embeds, bank, args.steps, b, 0.5) for b in args.batches}
     top = max(args.batches)
     no_phrase = _rate(backbone, embeds, bank, args.steps, top, 0.0)
-    import zscir.oti.optimise as oti
-
-    trimmed = oti.encode_trimmed  # the same run without cutting the padding: the full context every step
-    oti.encode_trimmed = lambda bb, texts, tokens: bb.encode_composed(texts, tokens).text_embeds
+    # The same run on the full context every step: encode_composed keeps every column when the
+    # penultimate states are asked for, so this is the untrimmed path of the same code.
+    trimmed = backbone.encode_composed
+    backbone.encode_composed = lambda texts, tokens=None, **kw: trimmed(texts, tokens, return_penultimate=True, **kw)
     full_context = _rate(backbone, embeds, bank, args.steps, top, 0.5)
-    oti.encode_trimmed = trimmed
+    del backbone.encode_composed
     base = rates[min(args.batches)]
     parts = " ".join(f"b{b} {r:.2f}" for b, r in rates.items())
     ratios = " ".join(f"{r / base:.1f}x" for r in rates.values())

@@ -75,3 +75,9 @@ def test_streamed_build_reranks_exactly_and_tunes_to_the_target(tmp_path):
 def test_empty_stream_is_a_clear_error(tmp_path):
     with pytest.raises(ZscirError, match="empty"):
         build_ivfpq(iter([]), tmp_path / "x", 10, 64, progress=False)
+
+
+def test_plan_for_small_vectors_takes_the_shortest_code_and_names_an_impossible_size():
+    assert plan_ivfpq(300, 24, "64MB").pq_bytes == 8  # 3-dim sub-vectors: the tiny models' size still indexes
+    with pytest.raises(ZscirError, match="size 20 cannot be product-quantized"):
+        plan_ivfpq(300, 20, "64MB")

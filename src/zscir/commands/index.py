@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "ivfpq":
         from zscir.retrieval.indexer import read_manifest
 
-        p = read_manifest(args.out)["index_params"]
+        p = read_manifest(args.output_dir)["index_params"]
         print(f"ivfpq: {p['spec']}, nprobe {p['nprobe']}, rerank {p['rerank']}: recall@{p['k']} {p['recall']:.3f} "
               f"against exact search on {p['heldout']} held-out images ({p['latency_ms']} ms per query)")
     for rel, reason in list(report.failed.items())[: args.examples]:

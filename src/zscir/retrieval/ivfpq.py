@@ -98,11 +98,17 @@ def plan_ivfpq(n: int, dim: int, memory_budget: int | str = "4GB", opq: bool = F
     budget = parse_size(memory_budget)
     nlist = max(1, min(int(math.sqrt(n)), n // 39))
     block_rows = int(max(1024, min(65536, budget // 32 // (4 * dim))))
-    # ≥ 8 dimensions per sub-quantizer: FAISS trains 4- and 2-dim sub-quantizers 20-40x slower (measured)
-    sizes = [m for m in PQ_SIZES if dim % m == 0 and dim // m >= 8 and n * (m + 8) <= budget // 2]
-    if not sizes:
+    dividing = [m for m in PQ_SIZES if dim % m == 0]
+    if not dividing:
+        raise ZscirError(f"vectors of size {dim} cannot be product-quantized: the size must be a multiple of one "
+                         f"of the code sizes {', '.join(map(str, PQ_SIZES))} (use the exact or hnsw backend)")
+    fitting = [m for m in dividing if n * (m + 8) <= budget // 2]
+    if not fitting:
         raise ZscirError(f"memory budget {memory_budget}: too small for {n} vectors "
-                         f"(at least {n * (8 + 8) * 2 / 2**30:.2f} GB for 8-byte codes)")
+                         f"(at least {n * (dividing[0] + 8) * 2 / 2**30:.2f} GB for {dividing[0]}-byte codes)")
+    # ≥ 8 dimensions per sub-quantizer: FAISS trains 4- and 2-dim sub-quantizers 20-40x slower (measured);
+    # vectors too small for that (tiny test models) take the shortest code, whose sub-vectors are longest
+    sizes = [m for m in fitting if dim // m >= 8] or fitting[:1]
     train_size = int(min(n, max(64 * nlist, 10_000), budget // 4 // (4 * dim)))
     nbits = max(1, min(8, int(math.log2(max(2, train_size)))))  # k-means needs ≥ 2^nbits training points
     return IVFPQPlan(nlist, sizes[-1], nbits, opq, train_size, block_rows, store_dtype)
@@ -274,14 +280,16 @@ def tune(index: IVFPQIndex, queries: np.ndarray, k: int, target_recall: float, n
          timed: int = 20) -> dict:
     """Measure recall@k of each (nprobe, rerank) against exact search; keep the fastest reaching the target.
 
-    Each re-rank depth is swept over increasing nprobe until the target is reached; the settings that reach
-    it are timed on `timed` one-query searches and the fastest is kept (none reaches it: the most accurate).
+    Each re-rank depth is swept over increasing nprobe (ending at all cells) until the target is reached; the
+    settings that reach it are timed on `timed` one-query searches and the fastest is kept (none reaches it:
+    the most accurate).
     Writes `nprobe`, `rerank`, `recall`, `latency_ms` and `sweep` into `index.params`.
     """
     truth = exact_top_k(index.store, queries, k)
     sweep = []
     for rerank in reranks:
-        for nprobe in [p for p in nprobes if p <= index.params["nlist"]]:
+        # every cell probed is the last resort, so a small index (nlist below the smallest nprobe) is swept too
+        for nprobe in [p for p in nprobes if p < index.params["nlist"]] + [index.params["nlist"]]:
             index.set_search_params(nprobe=nprobe, rerank=rerank)
             _, found = index.search(torch.from_numpy(queries), k)
             sweep.append({"nprobe": nprobe, "rerank": rerank, "recall": round(recall_at(found.numpy(), truth), 4)})
