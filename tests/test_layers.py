@@ -106,7 +106,6 @@ def test_no_module_imports_a_higher_layer():
 # light `zscir --help`, and `try: import ... except ImportError` marks an optional part).
 LAZY_ON_PURPOSE: dict[tuple[str, str], str] = {
     ("zscir.training.config", "zscir.training.losses"): "the configs stay torch-free for the commands' --help",
-    ("zscir.retrieval.index", "zscir.retrieval.ivfpq"): "ivfpq builds on retrieval.index (a cycle at the top)",
 }
 
 

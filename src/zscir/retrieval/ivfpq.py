@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from zscir.errors import ZscirError
-from zscir.retrieval.index import FaissIndex, require_faiss
+from zscir.retrieval.backends import FaissIndex, require_faiss
 from zscir.retrieval.vector_store import VectorStore, VectorStoreWriter, store_name
 
 LISTS_NAME = "lists.ivfdata"
