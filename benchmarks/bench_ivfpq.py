@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--intrinsic-dim", type=int, default=32)
     parser.add_argument("--memory-budget", default="4GB")
     parser.add_argument("--opq", action="store_true")
+    parser.add_argument("--fast-scan", action="store_true", help="4-bit fast-scan codes (lists in memory)")
     parser.add_argument("--nlist", type=int, default=None,
                         help="override the plan's IVF cells (the training sample stays 64 points per cell)")
     parser.add_argument("--queries", type=int, default=100)
@@ -131,7 +132,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="bench-ivfpq-"))
     memory = MemoryWatch()
-    plan = plan_ivfpq(args.n, args.dim, args.memory_budget, args.opq)
+    plan = plan_ivfpq(args.n, args.dim, args.memory_budget, args.opq, fast_scan=args.fast_scan)
     if args.nlist:
         train_size = min(args.n, max(plan.train_size, 64 * args.nlist))
         plan = dataclasses.replace(plan, nlist=args.nlist, train_size=train_size)

@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
-def test_cli_index_ivfpq_reports_recall_and_searches(tiny_clip_dir, tmp_path, capsys):
+@pytest.mark.parametrize("codes", [[], ["--fast-scan"]], ids=["8-bit", "fast-scan"])
+def test_cli_index_ivfpq_reports_recall_and_searches(tiny_clip_dir, tmp_path, capsys, codes):
     from zscir.cli import main
 
     rng = np.random.default_rng(0)
@@ -16,8 +18,9 @@ def test_cli_index_ivfpq_reports_recall_and_searches(tiny_clip_dir, tmp_path, ca
         Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize((16, 16)).save(folder / f"{i:03d}.png")
     out = tmp_path / "idx"
     assert main(["index", "--images", str(folder), "--backbone", str(tiny_clip_dir), "--output-dir", str(out),
-                 "--backend", "ivfpq", "--memory-budget", "64MB"]) == 0
+                 "--backend", "ivfpq", "--memory-budget", "64MB", *codes]) == 0
     printed = capsys.readouterr().out
+    assert ("x4fs" in printed) == bool(codes)  # the spec line names the fast-scan codes
     assert "300 images indexed" in printed and "ivfpq:" in printed and "recall@" in printed
     assert main(["search", "--index", str(out), "--image", str(folder / "007.png"), "--method", "image",
                  "-k", "3", "--json"]) == 0

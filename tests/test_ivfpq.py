@@ -41,6 +41,8 @@ def test_plan_follows_the_budget():
     assert small.pq_bytes < big.pq_bytes and 10_000_000 * (small.pq_bytes + 8) <= (1 << 30) // 2
     with pytest.raises(ZscirError, match="too small"):
         plan_ivfpq(10_000_000, 768, "100MB")
+    fast = plan_ivfpq(10_000_000, 768, "4GB", fast_scan=True)  # the same bytes, all codes resident (no disk lists)
+    assert fast.spec == "IVF3162,PQ192x4fs" and fast.resident_bytes(10_000_000, 768) < 4 << 30
 
 
 def test_streamed_build_reranks_exactly_and_tunes_to_the_target(tmp_path):
@@ -70,6 +72,33 @@ def test_streamed_build_reranks_exactly_and_tunes_to_the_target(tmp_path):
     plain = recall_against_exact(reloaded, exact, queries, 50)
     reloaded.set_search_params(rerank=300)
     assert recall_against_exact(reloaded, exact, queries, 50) > plain
+
+
+def test_fast_scan_reranked_with_every_cell_equals_brute_force_and_beats_its_codes(tmp_path):
+    x = _vectors(4000)
+    plan = plan_ivfpq(len(x), 64, "64MB", fast_scan=True)
+    assert plan.spec == f"IVF{plan.nlist},PQ{2 * plan.pq_bytes}x4fs" and plan.nbits == 4
+    assert 64 // (2 * plan.pq_bytes) >= 4  # sub-vectors of at least 4 dimensions
+    blocks = (x[s : s + 700] for s in range(0, len(x), 700))
+    index = build_ivfpq(blocks, tmp_path / "fs", len(x), 64, memory_budget="64MB", fast_scan=True,
+                        heldout=100, reranks=(0, 100, 300), progress=False)
+    assert type(faiss.downcast_index(faiss.extract_index_ivf(index.index))).__name__ == "IndexIVFPQFastScan"
+    assert not (tmp_path / "fs" / "lists.ivfdata").exists()  # fast-scan lists live inside index.faiss
+    reloaded = load_index(tmp_path / "fs")
+    assert reloaded.params["fast_scan"] and reloaded.params["recall"] >= 0.95
+    store = VectorStore(tmp_path / "fs" / "vectors.f16", 64)
+    queries = _vectors(60, seed=5)
+    reloaded.set_search_params(nprobe=reloaded.params["nlist"], rerank=len(x))
+    _, ids = reloaded.search(queries, 20)
+    truth = exact_top_k(store, torch.nn.functional.normalize(queries, dim=-1).numpy(), 20)
+    assert np.array_equal(ids.numpy(), truth)
+    exact = build_index(x, "exact")
+    reloaded.set_search_params(nprobe=reloaded.params["nlist"], rerank=0)
+    plain = recall_against_exact(reloaded, exact, queries, 50)
+    reloaded.set_search_params(rerank=300)
+    assert recall_against_exact(reloaded, exact, queries, 50) > plain
+    with pytest.raises(ZscirError, match="too few"):
+        plan_ivfpq(10, 64, "64MB", fast_scan=True)
 
 
 def test_empty_stream_is_a_clear_error(tmp_path):

@@ -7,7 +7,8 @@
              vectors of those candidates ─► top-k
 
 Nothing of size N × D is ever held in memory: peak memory is the training sample, one block, the
-coarse centroids, and the PQ codes + ids of the lists a search touches (memory-mapped from disk).
+coarse centroids, and the PQ codes + ids of the lists a search touches (memory-mapped from disk; with the
+4-bit fast-scan codes, `fast_scan`, all codes and ids are in memory: FAISS's fast-scan has no on-disk lists).
 `plan_ivfpq` picks nlist, the PQ code size and the sample size from a memory budget; `build_ivfpq`
 measures recall@k against exact search on held-out stored rows and keeps the cheapest (nprobe,
 rerank) setting that reaches the target recall. FAISS GPUs are used for the k-means when present.
@@ -59,6 +60,10 @@ class IVFPQPlan:
         train_size: vectors in the training sample.
         block_rows: rows per streamed block.
         store_dtype: dtype of the stored vectors used for re-ranking.
+        fast_scan: 4-bit fast-scan codes (FAISS IndexIVFPQFastScan, "PQ{2·pq_bytes}x4fs": two sub-quantizers per
+            byte, scanned with SIMD lookup tables, 7-9x faster scan than 8-bit codes of the same size, measured in
+            BENCHMARKS.md). FAISS's fast-scan keeps its lists in memory (it supports no on-disk lists): the codes
+            and ids of all vectors are resident (10M × (96 + 8) bytes = 1.0 GB for 768-dim vectors).
     """
 
     nlist: int
@@ -68,6 +73,14 @@ class IVFPQPlan:
     train_size: int = 0
     block_rows: int = 65536
     store_dtype: str = "float16"
+    fast_scan: bool = False
+
+    @property
+    def spec(self) -> str:
+        """The FAISS index_factory string."""
+        m = 2 * self.pq_bytes if self.fast_scan else self.pq_bytes  # sub-quantizers (OPQ rotates in as many blocks)
+        pq = f"PQ{m}x4fs" if self.fast_scan else f"PQ{m}x{self.nbits}"
+        return f"{f'OPQ{m},' if self.opq else ''}IVF{self.nlist},{pq}"
 
     def resident_bytes(self, n: int, dim: int) -> int:
         """Estimated peak memory: sample + block + centroids + all codes and ids (if every list is touched)."""
@@ -75,7 +88,7 @@ class IVFPQPlan:
 
 
 def plan_ivfpq(n: int, dim: int, memory_budget: int | str = "4GB", opq: bool = False,
-               store_dtype: str = "float16") -> IVFPQPlan:
+               store_dtype: str = "float16", fast_scan: bool = False) -> IVFPQPlan:
     """Pick IVF-PQ parameters for `n` vectors of size `dim` within a memory budget.
 
     nlist ≈ sqrt(n) (at most n / 39, FAISS's minimum points per centroid), which keeps the k-means and the
@@ -90,6 +103,9 @@ def plan_ivfpq(n: int, dim: int, memory_budget: int | str = "4GB", opq: bool = F
         memory_budget: bytes or "4GB".
         opq: add an OPQ rotation.
         store_dtype: "float16" or "float32" stored vectors.
+        fast_scan: 4-bit fast-scan codes (`IVFPQPlan.fast_scan`): the same bytes per vector, twice the
+            sub-quantizers (2·pq_bytes must divide `dim`; sub-vectors of at least 4 dimensions, 16-centroid
+            k-means are cheap to train).
     Returns:
         An IVFPQPlan.
     Raises:
@@ -98,20 +114,27 @@ def plan_ivfpq(n: int, dim: int, memory_budget: int | str = "4GB", opq: bool = F
     budget = parse_size(memory_budget)
     nlist = max(1, min(int(math.sqrt(n)), n // 39))
     block_rows = int(max(1024, min(65536, budget // 32 // (4 * dim))))
-    dividing = [m for m in PQ_SIZES if dim % m == 0]
+    subquantizers = 2 if fast_scan else 1  # per byte
+    # fast-scan takes any even number of sub-quantizers: one dimension each (dim / 2 bytes) is the last resort
+    sizes = sorted({*PQ_SIZES, dim // 2} - {0}) if fast_scan else PQ_SIZES
+    dividing = [m for m in sizes if dim % (subquantizers * m) == 0]
     if not dividing:
         raise ZscirError(f"vectors of size {dim} cannot be product-quantized: the size must be a multiple of one "
-                         f"of the code sizes {', '.join(map(str, PQ_SIZES))} (use the exact or hnsw backend)")
+                         f"of the code sizes {', '.join(map(str, sizes))} (use the exact or hnsw backend)")
     fitting = [m for m in dividing if n * (m + 8) <= budget // 2]
     if not fitting:
         raise ZscirError(f"memory budget {memory_budget}: too small for {n} vectors "
                          f"(at least {n * (dividing[0] + 8) * 2 / 2**30:.2f} GB for {dividing[0]}-byte codes)")
     # ≥ 8 dimensions per sub-quantizer: FAISS trains 4- and 2-dim sub-quantizers 20-40x slower (measured);
     # vectors too small for that (tiny test models) take the shortest code, whose sub-vectors are longest
-    sizes = [m for m in fitting if dim // m >= 8] or fitting[:1]
+    sizes = [m for m in fitting if dim // (subquantizers * m) >= (4 if fast_scan else 8)] or fitting[:1]
     train_size = int(min(n, max(64 * nlist, 10_000), budget // 4 // (4 * dim)))
     nbits = max(1, min(8, int(math.log2(max(2, train_size)))))  # k-means needs ≥ 2^nbits training points
-    return IVFPQPlan(nlist, sizes[-1], nbits, opq, train_size, block_rows, store_dtype)
+    if fast_scan:
+        if train_size < 16:
+            raise ZscirError(f"ivfpq fast-scan: {n} vectors are too few for 4-bit codes (at least 16)")
+        nbits = 4
+    return IVFPQPlan(nlist, sizes[-1], nbits, opq, train_size, block_rows, store_dtype, fast_scan)
 
 
 @dataclass
@@ -199,19 +222,21 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def build_ivfpq(blocks: Iterable, folder: str | os.PathLike, n: int, dim: int, memory_budget: int | str = "4GB",
-                plan: IVFPQPlan | None = None, opq: bool = False, normalize: bool = True, k: int = 50,
-                target_recall: float = 0.95, heldout: int = 200, nprobes=(8, 16, 32, 64, 128, 256),
+                plan: IVFPQPlan | None = None, opq: bool = False, fast_scan: bool = False, normalize: bool = True,
+                k: int = 50, target_recall: float = 0.95, heldout: int = 200, nprobes=(8, 16, 32, 64, 128, 256),
                 reranks=(0, 200, 500, 1000), seed: int = 0, progress: bool = True) -> IVFPQIndex:
     """Build an on-disk IVF-PQ index from a stream of vector blocks and tune it on held-out rows.
 
     Args:
         blocks: iterable of [b, D] blocks (one pass), e.g. the chunks of a folder index.
-        folder: the index folder (created): vectors.f16, lists.ivfdata, index.faiss, index.json.
+        folder: the index folder (created): vectors.f16, lists.ivfdata (not with fast-scan: its lists are
+            inside index.faiss), index.faiss, index.json.
         n: total rows the stream will give (the plan needs it before the stream is read).
         dim: D.
         memory_budget: bytes or "4GB" (`plan_ivfpq`); ignored when `plan` is given.
         plan: explicit parameters.
         opq: OPQ rotation (with the budget's plan).
+        fast_scan: 4-bit fast-scan codes, lists in memory (with the budget's plan; `IVFPQPlan.fast_scan`).
         normalize: L2-normalise (cosine similarity).
         k: recall@k is tuned and reported.
         target_recall: the cheapest (nprobe, rerank) reaching it is kept (else the most accurate one).
@@ -226,7 +251,7 @@ def build_ivfpq(blocks: Iterable, folder: str | os.PathLike, n: int, dim: int, m
     faiss = require_faiss()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    plan = plan or plan_ivfpq(n, dim, memory_budget, opq)
+    plan = plan or plan_ivfpq(n, dim, memory_budget, opq, fast_scan=fast_scan)
     say = print if progress else (lambda *a, **kw: None)
     times = {}
     start = time.perf_counter()
@@ -239,15 +264,17 @@ def build_ivfpq(blocks: Iterable, folder: str | os.PathLike, n: int, dim: int, m
     rest = np.setdiff1d(np.arange(n), train_rows) if n > plan.train_size else np.arange(n)
     query_rows = np.sort(np.random.default_rng(seed + 1).choice(rest, size=min(heldout, rest.size), replace=False))
     say(f"ivfpq: {n} vectors stored ({times['store_s']:.1f}s); training on {train_rows.size} "
-        f"(nlist {plan.nlist}, {plan.pq_bytes}-byte codes{', OPQ' if plan.opq else ''})", flush=True)
+        f"(nlist {plan.nlist}, {plan.pq_bytes}-byte codes{', OPQ' if plan.opq else ''}"
+        f"{', 4-bit fast-scan' if plan.fast_scan else ''})", flush=True)
 
     start = time.perf_counter()
     sample = store.sample(train_rows, plan.block_rows)
-    spec = f"{f'OPQ{plan.pq_bytes},' if plan.opq else ''}IVF{plan.nlist},PQ{plan.pq_bytes}x{plan.nbits}"
+    spec = plan.spec
     index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))  # the IndexIVFPQ (under OPQ's IndexPreTransform)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))  # the IndexIVFPQ[FastScan] (under OPQ's transform)
     ivf.cp.seed = seed
-    ivf.do_polysemous_training = False  # index_factory's default; costly and unused by this search
+    if not plan.fast_scan:
+        ivf.do_polysemous_training = False  # index_factory's default; costly and unused by this search
     if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:  # k-means of the coarse cells on every visible GPU
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
     index.train(sample)
@@ -256,10 +283,11 @@ def build_ivfpq(blocks: Iterable, folder: str | os.PathLike, n: int, dim: int, m
 
     start = time.perf_counter()
     (folder / LISTS_NAME).unlink(missing_ok=True)
-    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / LISTS_NAME))
-    lists.update_totsize(2 * n * (ivf.code_size + 8))  # room for every list's doubling once (a sparse file)
-    ivf.replace_invlists(lists, True)
-    lists.this.disown()
+    if not plan.fast_scan:  # fast-scan adds only to its own in-memory block lists (FAISS raises otherwise)
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / LISTS_NAME))
+        lists.update_totsize(2 * n * (ivf.code_size + 8))  # room for every list's doubling once (a sparse file)
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()
     for _, block in store.blocks(plan.block_rows):
         index.add(block)
     times["add_s"] = time.perf_counter() - start
@@ -310,12 +338,14 @@ def tune(index: IVFPQIndex, queries: np.ndarray, k: int, target_recall: float, n
 
 
 def load_ivfpq(folder: Path, common: dict) -> IVFPQIndex:
-    """Open a saved ivfpq folder: lists and stored vectors stay on disk (memory-mapped)."""
+    """Open a saved ivfpq folder: stored vectors and (not fast-scan) lists stay on disk (memory-mapped)."""
     faiss = require_faiss()
     path = folder / "index.faiss"
-    if not path.is_file() or not (folder / LISTS_NAME).is_file():
+    fast_scan = bool(common["params"].get("fast_scan"))
+    if not path.is_file() or not (fast_scan or (folder / LISTS_NAME).is_file()):
         raise ZscirError(f"{folder}: index.faiss or {LISTS_NAME} missing (incomplete index folder)")
-    index = IVFPQIndex(**common, index=faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR))
+    flags = 0 if fast_scan else faiss.IO_FLAG_ONDISK_SAME_DIR
+    index = IVFPQIndex(**common, index=faiss.read_index(str(path), flags))
     dtype = common["params"].get("store_dtype", "float16")
     index.store, index.folder = VectorStore(folder / store_name(dtype), common["dim"], dtype), folder
     return index
