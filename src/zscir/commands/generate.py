@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from zscir.commands.common import build_conditioner, check_conditioner, check_runtime, existing_folder
 from zscir.commands.options import add, add_conditioner_arguments, add_runtime_arguments
+from zscir.training.config import GeneratorTrainConfig
 
 HELP = "generate CIG pseudo-target images from composed SDXL conditionings (resumable; accelerate-shardable)"
 
-DEFAULT_GENERATOR = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_GENERATOR = GeneratorTrainConfig.generator  # the SDXL the CIG generator is trained on (one place)
 
 
 def add_arguments(parser) -> None:
