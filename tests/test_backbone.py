@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from zscir.errors import ModelLoadError
-from zscir.models.backbone import Backbone, target_pad
+from zscir.models.backbone import Backbone, fingerprint_module, target_pad
 
 
 def _images(n, size=20, seed=0):
@@ -103,3 +103,21 @@ def test_composed_encoding_drops_padding_without_changing_the_result(any_backbon
         penultimate = any_backbone.encode_composed(texts, tokens, return_penultimate=True).penultimate_hidden_states
     torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
     assert penultimate.shape[1] == any_backbone.context_length  # SDXL needs the whole context
+
+
+def test_fingerprint_does_not_depend_on_the_thread_count():
+    # A float sum of millions of weights changes in its last digits with the reduction order (thread
+    # count), which used to change every cache key when OMP_NUM_THREADS changed; the hash must not.
+    embedding = torch.nn.Embedding(49408, 128)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fingerprint_module(embedding)
+        torch.set_num_threads(2)
+        two = fingerprint_module(embedding)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+    with torch.no_grad():
+        embedding.weight[123, 45] = embedding.weight[123, 45] * (1 + 1e-6)  # one weight, in its last bits
+    assert fingerprint_module(embedding) != one

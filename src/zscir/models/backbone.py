@@ -70,17 +70,21 @@ def quiet_transformers():
 
 
 def fingerprint_module(module: torch.nn.Module) -> str:
-    """A cheap content hash of a module's weights (shapes, sums and a sample of values).
+    """A cheap content hash of a module's weights: the exact sum of each tensor's bit patterns, and a sample.
 
-    Changes when the weights change (retraining, another checkpoint), so feature caches keyed by
-    it are invalidated; costs milliseconds even for ViT-G.
+    Changes when the weights change (retraining, another checkpoint, a single edited weight), so feature
+    caches keyed by it are invalidated. The checksum is an integer sum of the float32 bit patterns, which
+    is exact and so independent of the summation order: the same weights give the same hash under any
+    thread count (a float sum, printed to 7 digits, did not). Costs milliseconds to seconds even for ViT-G.
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().reshape(-1).float().cpu()
+        flat = tensor.detach().reshape(-1).cpu()
+        flat = flat.float() if flat.is_floating_point() else flat.long()
+        bits = flat.view(torch.int32).long() if flat.dtype == torch.float32 else flat
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(f"{flat.sum().item():.6e}|{flat.abs().sum().item():.6e}".encode())
+        digest.update(str(bits.sum().item()).encode())
         digest.update(flat[:: max(1, flat.numel() // 64)][:64].numpy().tobytes())
     return digest.hexdigest()[:16]
 
