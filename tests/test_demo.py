@@ -54,3 +54,17 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
         assert again["rows"][label]["cirr"]["R@1"] == pytest.approx(sum(seeds) / 2, abs=0.01)
         assert again["std"][label]["cirr"]["R@1"] == pytest.approx(abs(seeds[0] - seeds[1]) / 2 ** 0.5, abs=0.01)
     assert (tmp_path / "world-fast-seed1" / "data" / "manifest.json").is_file()
+
+
+def test_demo_oti_folders_follow_the_settings(tmp_path, tiny_backbone):
+    # A rerun after the world CLIP or the OTI budget changed must get a fresh token folder, not the
+    # store's "holds OTI tokens made with other settings" refusal (what a warm demo once stopped on).
+    from zscir.demo.methods import MethodBudget, _oti_folder, oti_config
+    from zscir.oti.store import TokenStore, store_meta
+
+    root = tmp_path / "oti-references" / "cirr-val"
+    first = _oti_folder(root, tiny_backbone, None, MethodBudget())
+    TokenStore(first, store_meta(tiny_backbone, None, oti_config(MethodBudget())))
+    assert _oti_folder(root, tiny_backbone, None, MethodBudget()) == first and first.is_dir()
+    other = _oti_folder(root, tiny_backbone, None, MethodBudget(oti_steps=7))
+    assert other != first and not first.exists()  # the old settings' folder is the demo's own leftover

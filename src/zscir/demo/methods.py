@@ -22,7 +22,7 @@ from zscir.models.phi import load_inversion_network
 from zscir.models.text_tower import load_text_tower, save_text_tower
 from zscir.oti.concepts import ConceptBank
 from zscir.oti.optimise import OTIConfig
-from zscir.oti.store import oti_reference_tokens, oti_tokens_for
+from zscir.oti.store import oti_reference_tokens, oti_tokens_for, settings_dir
 from zscir.training.config import LinCIRConfig, RTDConfig
 from zscir.training.phi import read_captions, train_lincir
 from zscir.training.rtd import read_triplets, train_rtd
@@ -125,8 +125,8 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
     train_split = load_benchmark("cirr", world_dir / "data" / "cirr", "train")[0]
     names = train_split.gallery[: budget.searle_images]
     features = cache.image_features(backbone, {n: train_split.images[n] for n in names})
-    tokens = oti_tokens_for(backbone, names, features, bank, oti_config(budget), world_dir / "runs" / "searle-oti",
-                            None, progress=progress)
+    folder = _oti_folder(world_dir / "runs" / "searle-oti", backbone, bank, budget)
+    tokens = oti_tokens_for(backbone, names, features, bank, oti_config(budget), folder, None, progress=progress)
     run = _run_dir(world_dir, "searle", settings)
     config = _train_config(SearleConfig, run, budget.searle_steps, budget.searle_batch, progress, epochs=None)
     phi = distill_phi(backbone, features.lookup(names), tokens, bank, config)
@@ -138,5 +138,17 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
 
 def searle_oti_tokens(world_dir: Path, evaluator, bank, budget: MethodBudget, progress: bool = True) -> torch.Tensor:
     """SEARLE-OTI: invert each query's reference image directly (resumable token store under world/runs)."""
-    folder = world_dir / "runs" / "oti-references" / evaluator.full_split.name.replace("/", "-")
+    root = world_dir / "runs" / "oti-references" / evaluator.full_split.name.replace("/", "-")
+    folder = _oti_folder(root, evaluator.backbone, bank, budget, evaluator.pad_to_ratio)
     return oti_reference_tokens(evaluator, bank, oti_config(budget), folder, progress=progress)
+
+
+def _oti_folder(root: Path, backbone, bank, budget: MethodBudget, pad_to_ratio: float | None = None) -> Path:
+    """The demo's OTI token folder under `root` for these settings; folders of other settings (an older
+    world CLIP or budget) are the demo's own leftovers and are removed, so a rerun never refuses."""
+    folder = settings_dir(root, backbone, bank, oti_config(budget), pad_to_ratio)
+    if root.is_dir():
+        for stale in root.iterdir():
+            if stale != folder:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return folder

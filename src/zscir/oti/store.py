@@ -202,10 +202,17 @@ def features_key(backbone, pad_to_ratio: float | None) -> str:
     return hash_parts(backbone.vision_fingerprint(), {"pad_to_ratio": pad_to_ratio})
 
 
+def settings_dir(root: str | os.PathLike, backbone, bank: ConceptBank | None, config: OTIConfig,
+                 pad_to_ratio: float | None = None) -> Path:
+    """`root/{hash of the settings}`: a token folder that other settings (another CLIP, OTI recipe or
+    concept bank) never reuse, so they get their own folder instead of a refusal."""
+    meta = store_meta(backbone, bank, config, features_key(backbone, pad_to_ratio))
+    return Path(root) / hash_parts(meta)
+
+
 def default_oti_dir(backbone, bank: ConceptBank | None, config: OTIConfig, pad_to_ratio: float | None = None) -> Path:
     """`{cache}/oti/{hash of the settings}`: where the SEARLE-OTI helpers keep tokens by default."""
-    meta = store_meta(backbone, bank, config, features_key(backbone, pad_to_ratio))
-    return default_cache_dir() / "oti" / hash_parts(meta)
+    return settings_dir(default_cache_dir() / "oti", backbone, bank, config, pad_to_ratio)
 
 
 def oti_tokens_for(backbone, names: Sequence[str], features, bank: ConceptBank | None,
