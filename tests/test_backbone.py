@@ -121,3 +121,15 @@ def test_fingerprint_does_not_depend_on_the_thread_count():
     with torch.no_grad():
         embedding.weight[123, 45] = embedding.weight[123, 45] * (1 + 1e-6)  # one weight, in its last bits
     assert fingerprint_module(embedding) != one
+
+
+def test_tokenize_remembers_texts_and_matches_the_tokenizer(tiny_backbone):
+    def direct(texts):
+        return tiny_backbone.tokenizer(texts, padding="max_length", truncation=True,
+                                       max_length=tiny_backbone.context_length, return_tensors="pt")["input_ids"]
+
+    first = ["a photo of $", "a red circle", "a photo of $ that is blue"]
+    assert torch.equal(tiny_backbone.tokenize(first), direct(first))
+    mixed = ["a red circle", "a new text, with a comma.", "a photo of $", "a red circle"]  # repeats, cached, new
+    assert torch.equal(tiny_backbone.tokenize(mixed), direct(mixed))
+    assert tiny_backbone.tokenize([]).shape == (0, tiny_backbone.context_length)

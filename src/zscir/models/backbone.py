@@ -69,6 +69,9 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+TOKEN_CACHE_SIZE = 50_000  # texts whose ids a Backbone keeps (a few MB at CLIP's 77 tokens)
+
+
 def fingerprint_module(module: torch.nn.Module) -> str:
     """A cheap content hash of a module's weights: the exact sum of each tensor's bit patterns, and a sample.
 
@@ -127,6 +130,8 @@ class Backbone:
     image_processor: object
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    # ids of recently tokenized texts (OTI and training re-tokenize the same prompts at every step)
+    _token_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -212,11 +217,25 @@ class Backbone:
 
     # ---- text ---------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """[N, context_length] ids, padded and truncated like CLIP (end token kept on truncation)."""
-        out = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
-        )
-        return out["input_ids"]
+        """[N, context_length] ids, padded and truncated like CLIP (end token kept on truncation).
+
+        Each distinct text is tokenized once and remembered (up to TOKEN_CACHE_SIZE texts): every row is
+        padded to the full context, so a row never depends on the other texts of the call.
+        """
+        texts = list(texts)
+        cache = self._token_cache
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", truncation=True, max_length=self.context_length,
+                                 return_tensors="pt")["input_ids"]
+            if len(cache) + len(missing) > TOKEN_CACHE_SIZE:
+                cache.clear()
+            cache.update(zip(missing, ids))
+            if len(missing) == len(texts):
+                return ids
+        if not texts:
+            return torch.zeros(0, self.context_length, dtype=torch.long)
+        return torch.stack([cache[t] for t in texts])
 
     def encode_composed(
         self,
