@@ -43,6 +43,20 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     assert "Orderings of the published tables that hold on this run" in printed
     assert "world CLIP (shipped weights): ready in" in printed and "reused from the cache" not in printed
 
+    # SEARLE ran in its own process (2+ cores); in-process, from the same cached artefacts, it gives the same rows
+    import torch
+
+    from zscir.demo.pipeline import DemoConfig, run_demo
+
+    if torch.get_num_threads() >= 2:
+        assert "SEARLE runs in a second process" in printed and "searle (parallel)" in results["seconds"]
+    inline = run_demo(DemoConfig(cache_dir=tmp_path, fast=True, skip=("cig",), parallel=False, progress=False,
+                                 out_dir=tmp_path / "inline"))
+    assert "SEARLE runs in a second process" not in capsys.readouterr().out
+    for label in ("SEARLE-OTI", "SEARLE (Phi distilled here)"):
+        assert inline["rows"][label] == results["rows"][label]
+    assert list(inline["rows"]) == [k for k in results["rows"] if "CIG" not in k]  # the table's row order
+
     # two seeds: seed 0 is reused stage by stage, seed 1 is a new world; mean ± std per row
     assert main(["demo", "--fast", "--cache-dir", str(tmp_path), "--skip", "searle", "cig", "--seeds", "2"]) == 0
     again = json.loads((tmp_path / "demo-results-fast" / "results.json").read_text())
@@ -68,3 +82,14 @@ def test_demo_oti_folders_follow_the_settings(tmp_path, tiny_backbone):
     assert _oti_folder(root, tiny_backbone, None, MethodBudget()) == first and first.is_dir()
     other = _oti_folder(root, tiny_backbone, None, MethodBudget(oti_steps=7))
     assert other != first and not first.exists()  # the old settings' folder is the demo's own leftover
+
+
+def test_searle_worker_hands_its_error_to_the_main_process(tmp_path):
+    from zscir.demo.methods import MethodBudget
+    from zscir.demo.pipeline import start_searle_worker
+    from zscir.errors import ZscirError
+
+    worker = start_searle_worker(tmp_path / "world", tmp_path / "no-such-clip", MethodBudget.fast(), False, 1)
+    with pytest.raises(ZscirError, match="no-such-clip"):
+        worker.result()
+    assert not worker.process.is_alive()

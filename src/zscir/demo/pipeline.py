@@ -12,6 +12,7 @@ Numbers are computed by the run; nothing in the table is typed by hand.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class DemoConfig:
         seeds: repeat world, training and evaluation for seeds `seed`, `seed + 1`, ... and report mean ± std.
         train_clip: train the world CLIP from scratch instead of unpacking the shipped one.
         progress: show progress bars.
+        budget: the methods' training sizes.
+        parallel: on a machine with 2+ cores, run the SEARLE stage in a second process beside LinCIR, RTD
+            and CIG (they share nothing but the cached image features), each with half the cores.
     """
 
     cache_dir: Path
@@ -66,6 +70,7 @@ class DemoConfig:
     train_clip: bool = False
     progress: bool = True
     budget: MethodBudget = field(default_factory=MethodBudget)
+    parallel: bool = True
 
 
 class Timer:
@@ -170,24 +175,12 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
     cache = FeatureCache(world / "features", progress=config.progress)
     data = world / "data"
     calibration = {"clip": world_clip_geometry(backbone, data / "corpora" / "clip_heldout")}
-    evaluators = {bench: [Evaluator(backbone, s, cache) for s in load_benchmark(bench, data / bench, split)]
-                  for bench, split in BENCHMARKS.items()}
+    evaluators = world_evaluators(backbone, data, cache)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     cirr_results = {}
 
     def evaluate_row(label: str, per_split_options=None, **options) -> None:
-        """Evaluate one method on every benchmark; FashionIQ is averaged over its categories."""
-        row = {}
-        for bench, evs in evaluators.items():
-            results = []
-            for ev in evs:
-                extra = per_split_options(ev) if per_split_options else {}
-                results.append(ev.evaluate(**options, **extra))
-            row[bench] = mean_metrics([r.metrics for r in results]) if len(results) > 1 else results[0].metrics
-            if bench == "cirr":
-                cirr_results[label] = results[0]
-        rows[label] = row
-        _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
+        rows[label], cirr_results[label] = evaluate_method(evaluators, label, per_split_options, **options)
 
     if "baselines" not in config.skip:
         with timer("baselines"):
@@ -199,36 +192,55 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
             calibration["reference_in_words"] = reference_in_words(evaluators["cirr"][0], data, backbone)
     phi = tower = None
     pseudo_token = {}
-    if "lincir" not in config.skip:
-        with timer("lincir"):
-            _say("LinCIR: training Phi on the world's captions")
-            phi = methods.lincir_phi(world, backbone, budget, config.progress)
-            evaluate_row("LinCIR (Phi trained here)", method="phi", phi=phi)
-            pseudo_token["LinCIR"] = reference_self_retrieval(evaluators["cirr"][0], data, backbone, phi)
-    if "rtd" not in config.skip and phi is not None:
-        with timer("rtd"):
-            _say("RTD: fine-tuning the text tower on the world's text triplets")
-            tower = methods.rtd_text_tower(world, backbone, phi, budget, config.progress)
-            evaluate_row("LinCIR + RTD", method="phi", phi=phi, text_tower=tower)
+    searle_job = None
+    if "searle" not in config.skip:
+        threads = torch.get_num_threads()
+        if config.parallel and threads >= 2:
+            _say(f"SEARLE runs in a second process beside LinCIR, RTD and CIG ({threads // 2} + "
+                 f"{threads - threads // 2} threads)")
+            searle_job = start_searle_worker(world, clip_dir, budget, config.progress, threads // 2)
+            torch.set_num_threads(threads - threads // 2)
+    cig = None
+    try:
+        if "lincir" not in config.skip:
+            with timer("lincir"):
+                _say("LinCIR: training Phi on the world's captions")
+                phi = methods.lincir_phi(world, backbone, budget, config.progress)
+                evaluate_row("LinCIR (Phi trained here)", method="phi", phi=phi)
+                pseudo_token["LinCIR"] = reference_self_retrieval(evaluators["cirr"][0], data, backbone, phi)
+        if "rtd" not in config.skip and phi is not None:
+            with timer("rtd"):
+                _say("RTD: fine-tuning the text tower on the world's text triplets")
+                tower = methods.rtd_text_tower(world, backbone, phi, budget, config.progress)
+                evaluate_row("LinCIR + RTD", method="phi", phi=phi, text_tower=tower)
+        if "cig" not in config.skip and phi is not None:
+            with timer("cig"):
+                cig = run_cig(world, backbone, phi, evaluators, cache, config, budget)
+                if cig is not None:
+                    for label, row in cig["rows"].items():
+                        rows[label] = row
+                        _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
+    except BaseException:
+        if searle_job is not None:
+            searle_job.stop()
+        raise
+
     if "searle" not in config.skip:
         with timer("searle"):
-            _say("SEARLE: OTI on reference images, then a Phi distilled from OTI tokens")
-            bank = methods.world_concept_bank(backbone)
-            evaluate_row("SEARLE-OTI", method="phi", per_split_options=lambda ev: {
-                "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, config.progress)})
-            searle = methods.searle_phi(world, backbone, cache, bank, budget, config.progress)
-            evaluate_row("SEARLE (Phi distilled here)", method="phi", phi=searle)
-            pseudo_token["SEARLE"] = reference_self_retrieval(evaluators["cirr"][0], data, backbone, searle)
+            if searle_job is None:
+                searle = searle_stage(world, backbone, evaluators, cache, budget, config.progress)
+            else:
+                searle = searle_job.result()
+                torch.set_num_threads(threads)
+        rows.update(searle["rows"])
+        cirr_results.update(searle["cirr_results"])
+        pseudo_token.update(searle["pseudo_token"])
+        if searle_job is not None:  # its own wall time, beside LinCIR-RTD-CIG; then how long it was waited for
+            timer.seconds["searle waited"] = timer.seconds.pop("searle", 0.0)
+            timer.seconds["searle (parallel)"] = searle["seconds"]
+    rows = {label: rows[label] for label in sorted(rows, key=_row_order)}
+    cirr_results = {label: cirr_results[label] for label in sorted(cirr_results, key=_row_order)}
     calibration["pseudo_token"] = pseudo_token
-    cig = None
-    if "cig" not in config.skip and phi is not None:
-        with timer("cig"):
-            cig = run_cig(world, backbone, phi, evaluators, cache, config, budget)
-            if cig is not None:
-                for label, row in cig["rows"].items():
-                    rows[label] = row
-                    _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
-
     edit_types = cirr_edit_types(data)
     by_edit = {label: recall_by_edit_type(result, edit_types) for label, result in cirr_results.items()}
     grid_method = next((k for k in ("LinCIR + RTD", "LinCIR (Phi trained here)") if k in cirr_results),
@@ -254,6 +266,123 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
     write_json_atomic(out_dir / "results.json", results)
     return results
 
+
+ROW_ORDER = ("image only", "text only", "image + text (sum)", "upper bound", "LinCIR (", "LinCIR + RTD", "SEARLE-OTI",
+             "SEARLE (", "LinCIR + CIG")
+
+
+def _row_order(label: str) -> int:
+    """Rows in the table's order (baselines, LinCIR, RTD, SEARLE-OTI, SEARLE, CIG), however they finished."""
+    return next((i for i, prefix in enumerate(ROW_ORDER) if label.startswith(prefix)), len(ROW_ORDER))
+
+
+def world_evaluators(backbone, data: Path, cache) -> dict[str, list[Evaluator]]:
+    """One `Evaluator` per val split of each benchmark of the world (FashionIQ: one per category)."""
+    return {bench: [Evaluator(backbone, s, cache) for s in load_benchmark(bench, data / bench, split)]
+            for bench, split in BENCHMARKS.items()}
+
+
+def evaluate_method(evaluators: dict, label: str, per_split_options=None, **options) -> tuple[dict, object]:
+    """Evaluate one method on every benchmark; FashionIQ is averaged over its categories.
+
+    Returns:
+        (row {benchmark: metrics}, the CIRR-format val's `EvaluationResult`).
+    """
+    row, cirr_result = {}, None
+    for bench, evs in evaluators.items():
+        results = []
+        for ev in evs:
+            extra = per_split_options(ev) if per_split_options else {}
+            results.append(ev.evaluate(**options, **extra))
+        row[bench] = mean_metrics([r.metrics for r in results]) if len(results) > 1 else results[0].metrics
+        if bench == "cirr":
+            cirr_result = results[0]
+    _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
+    return row, cirr_result
+
+
+def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodBudget, progress: bool) -> dict:
+    """SEARLE-OTI (each reference inverted) and SEARLE (a Phi distilled from OTI tokens of training images).
+
+    Returns:
+        {"rows": {label: row}, "cirr_results": {label: CIRR result}, "pseudo_token": {"SEARLE": self-retrieval},
+        "seconds": wall time}.
+    """
+    start = time.perf_counter()
+    _say("SEARLE: OTI on reference images, then a Phi distilled from OTI tokens")
+    bank = methods.world_concept_bank(backbone)
+    rows, cirr_results = {}, {}
+    label = "SEARLE-OTI"
+    rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", per_split_options=lambda ev: {
+        "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, progress)})
+    phi = methods.searle_phi(world, backbone, cache, bank, budget, progress)
+    label = "SEARLE (Phi distilled here)"
+    rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", phi=phi)
+    token = reference_self_retrieval(evaluators["cirr"][0], world / "data", backbone, phi)
+    return {"rows": rows, "cirr_results": cirr_results, "pseudo_token": {"SEARLE": token},
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def start_searle_worker(world: Path, clip_dir: Path, budget: MethodBudget, progress: bool, threads: int):
+    """`searle_stage` in a second process (spawned, so no torch thread pool is forked).
+
+    The worker loads the same world CLIP and reads the image features the baselines cached; it shares
+    no trained artefact with LinCIR, RTD or CIG. Returns a `SearleWorker`: `.result()` waits for the
+    stage's dict (re-raising the worker's error), `.stop()` ends the worker early.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_searle_worker, name="zscir-demo-searle", daemon=True,
+                              args=(send, str(world), str(clip_dir), asdict(budget), progress, threads))
+    process.start()
+    send.close()
+    return SearleWorker(process, receive)
+
+
+class SearleWorker:
+    """A running SEARLE worker process (see `start_searle_worker`)."""
+
+    def __init__(self, process, connection):
+        self.process, self.connection = process, connection
+
+    def result(self) -> dict:
+        """Wait for the worker's `searle_stage` result; its error is raised here."""
+        try:
+            status, value = pickle.loads(self.connection.recv_bytes())  # from our own child process only
+        except EOFError:
+            self.process.join()
+            raise ZscirError(f"the SEARLE worker process died (exit code {self.process.exitcode})") from None
+        self.process.join()
+        if status == "error":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """End the worker (when the main process fails or is interrupted)."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+
+
+def _searle_worker(connection, world: str, clip_dir: str, budget: dict, progress: bool, threads: int) -> None:
+    """The SEARLE worker process: `searle_stage` with its own backbone, evaluators and `threads` threads."""
+    try:
+        torch.set_num_threads(threads)
+        world_dir = Path(world)
+        backbone = Backbone.load(clip_dir)
+        cache = FeatureCache(world_dir / "features", progress=progress)
+        evaluators = world_evaluators(backbone, world_dir / "data", cache)
+        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress)
+        # plain pickle bytes: tensors travel by value (the pipe's own pickler would pass file descriptors
+        # of shared memory, which vanish when this process ends)
+        connection.send_bytes(pickle.dumps(("ok", result)))
+    except BaseException as exc:  # noqa: BLE001 - handed to the main process, which raises it
+        error = exc if isinstance(exc, Exception) else ZscirError(f"SEARLE worker: {exc!r}")
+        connection.send_bytes(pickle.dumps(("error", error)))
+    finally:
+        connection.close()
 
 def reference_self_retrieval(evaluator, world_data: Path, backbone, phi) -> dict:
     """How much of a reference "a photo of $" carries, on the CIRR-format val (see `calibration.self_retrieval`).
