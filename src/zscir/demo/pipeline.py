@@ -489,6 +489,10 @@ def render_summary(results: dict, table: str) -> str:
                          f"vs to a random gallery image {sim['to_random']:.3f} (to the reference "
                          f"{sim['to_reference']:.3f}); closer to the target than to the random image for "
                          f"{sim['closer_to_target']:.1f}%")
+    alpha = (results.get("cig") or {}).get("alpha")
+    if alpha is not None:
+        lines.append(f"  CIG fusion weight α = {alpha} (chosen on held-out train queries; 1.0 = the pseudo target is "
+                     "not used, so LinCIR + CIG equals LinCIR)")
     lines += ["", "CIR: CIRR-format val (reference removed; Rs = subset recall), FashionIQ-format val (mean of 3 "
               "categories), CIRCO-format val", "", table]
     checks = results.get("acceptance", [])
