@@ -23,6 +23,6 @@ def test_cli_index_ivfpq_reports_recall_and_searches(tiny_clip_dir, tmp_path, ca
     assert ("x4fs" in printed) == bool(codes)  # the spec line names the fast-scan codes
     assert "300 images indexed" in printed and "ivfpq:" in printed and "recall@" in printed
     assert main(["search", "--index", str(out), "--image", str(folder / "007.png"), "--method", "image",
-                 "-k", "3", "--json"]) == 0
+                 "-k", "3", "--json", "--keep-reference"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == 3 and hits[0]["relpath"] == "007.png"

@@ -238,9 +238,14 @@ def test_cli_index_then_search(gallery, tiny_clip_dir, phi_dir, tmp_path, capsys
     assert "encoded 0, reused 7" in capsys.readouterr().out
 
     ref = gallery / "c.jpg"
-    assert main(["search", "--index", str(out), "--image", str(ref), "--method", "image", "-k", "3", "--json"]) == 0
+    assert main(["search", "--index", str(out), "--image", str(ref), "--method", "image", "-k", "3", "--json",
+                 "--keep-reference"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in result["hits"]] == [1, 2, 3] and result["hits"][0]["relpath"] == "c.jpg"
+    # by default the reference itself is left out, as on the web page
+    assert main(["search", "--index", str(out), "--image", str(ref), "--method", "image", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert len(hits) == 3 and "c.jpg" not in [h["relpath"] for h in hits]
     assert main(["search", "--index", str(out), "--image", str(ref), "--text", CAPTION, "--phi", str(phi_dir),
                  "-k", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

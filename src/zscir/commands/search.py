@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(parser, "text-encoder")
     add(parser, "template", help=OPTIONS["template"].kwargs["help"] + " (default default)")
     parser.add_argument("-k", type=int, default=10, metavar="N", help="number of results (default 10)")
+    parser.add_argument("--keep-reference", action="store_true",
+                        help="keep the reference image itself among the hits (by default it is left out, as on the "
+                        "web page and in CIRR's protocol)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add(parser, "device", default="cpu")
 
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         check_caption(args.text)
     service = load_service(args.index, phi=args.phi if args.method == "phi" else None,
                            text_encoder=args.text_encoder, template=args.template, device=args.device)
-    hits = service.search(reference, args.text, method=args.method, k=args.k)
+    hits = service.search(reference, args.text, method=args.method, k=args.k,
+                          exclude_reference=not args.keep_reference)
     if args.json:
         print(json.dumps({"index": str(service.index_dir), "method": args.method, "image": args.image,
                           "text": args.text, "hits": [h.to_dict() for h in hits]}, indent=2))
