@@ -133,3 +133,18 @@ def test_tokenize_remembers_texts_and_matches_the_tokenizer(tiny_backbone):
     mixed = ["a red circle", "a new text, with a comma.", "a photo of $", "a red circle"]  # repeats, cached, new
     assert torch.equal(tiny_backbone.tokenize(mixed), direct(mixed))
     assert tiny_backbone.tokenize([]).shape == (0, tiny_backbone.context_length)
+
+
+def test_tokenize_when_the_cache_overflows_mid_call(tiny_backbone, monkeypatch):
+    # a call with remembered and new texts that overflows the cache must still answer every row
+    # (clearing the cache used to lose the remembered rows of the same call: KeyError in the demo's RTD)
+    import zscir.models.backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "TOKEN_CACHE_SIZE", 3)
+    direct = tiny_backbone.tokenizer
+    tiny_backbone.tokenize(["a red circle", "a blue star"])
+    texts = ["a red circle", "one", "two", "a blue star", "three"]
+    expected = direct(texts, padding="max_length", truncation=True, max_length=tiny_backbone.context_length,
+                      return_tensors="pt")["input_ids"]
+    assert torch.equal(tiny_backbone.tokenize(texts), expected)
+    assert len(tiny_backbone._token_cache) <= 3 + 3

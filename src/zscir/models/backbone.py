@@ -223,19 +223,24 @@ class Backbone:
         padded to the full context, so a row never depends on the other texts of the call.
         """
         texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.context_length, dtype=torch.long)
         cache = self._token_cache
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        rows = {t: cache[t] for t in dict.fromkeys(texts) if t in cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in rows]
         if missing:
             ids = self.tokenizer(missing, padding="max_length", truncation=True, max_length=self.context_length,
                                  return_tensors="pt")["input_ids"]
+            if len(missing) == len(texts):
+                rows = None  # every text is new and distinct: the tokenizer's batch is the answer
+            else:
+                rows.update(zip(missing, ids))
             if len(cache) + len(missing) > TOKEN_CACHE_SIZE:
                 cache.clear()
             cache.update(zip(missing, ids))
-            if len(missing) == len(texts):
+            if rows is None:
                 return ids
-        if not texts:
-            return torch.zeros(0, self.context_length, dtype=torch.long)
-        return torch.stack([cache[t] for t in texts])
+        return torch.stack([rows[t] for t in texts])
 
     def encode_composed(
         self,
