@@ -126,7 +126,8 @@ def test_train_clip_command_trains_saves_and_reports_geometry(tmp_path, capsys):
     from zscir.models.backbone import Backbone
 
     out = tmp_path / "clip"
-    assert main(["train-clip", "--out", str(out), "--steps", "2", "--batch-size", "8", "--fp16", "--no-progress"]) == 0
+    assert main(["train-clip", "--out", str(out), "--steps", "2", "--continue-steps", "2", "--batch-size", "8", "--fp16",
+                 "--no-progress"]) == 0
     geometry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert geometry["n"] == 1000 and -1 <= geometry["centroid_cosine"] <= 1
     backbone = Backbone.load(str(out))
@@ -135,8 +136,37 @@ def test_train_clip_command_trains_saves_and_reports_geometry(tmp_path, capsys):
     assert main(["train-clip", "--out", str(out)]) == 2  # refuses to overwrite
     mixed = tmp_path / "mixed"  # the composed-pretraining experiment: its mix and context are recorded
     assert main(["train-clip", "--out", str(mixed), "--steps", "1", "--batch-size", "8", "--composed-fraction", "0.5",
-                 "--attribute-fraction", "0.3", "--context-length", "64", "--no-progress"]) == 0
+                 "--attribute-fraction", "0.3", "--context-length", "64", "--no-progress",
+                 "--continue-steps", "1", "--continue-composed-fraction", "0.1"]) == 0
     recorded = json.loads((mixed / "train_log.json").read_text())["config"]
     assert recorded["data"] == {"composed_fraction": 0.5, "attribute_fraction": 0.3}
+    assert recorded["continue_steps"] == 1  # the recipe's second-phase mix, with the one share overridden
+    assert recorded["continue_data"] == {"composed_fraction": 0.1, "attribute_fraction": 0.3}
+    assert main(["train-clip", "--out", str(tmp_path / "x"), "--phase-one", str(tmp_path)]) == 2  # not a CLIP run
     assert recorded["size"]["context_length"] == 64 and Backbone.load(str(mixed)).context_length == 64
     assert main(["train-clip", "--out", str(tmp_path / "bad"), "--composed-fraction", "2"]) == 2
+
+
+def test_continued_pretraining_from_a_saved_first_phase_gives_the_whole_run(tmp_path):
+    # The second phase (e.g. composed texts) starts from the first phase's weights with its own seeded
+    # streams, so loading a saved first phase gives exactly the weights of training both phases here.
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from zscir.demo.world_models import default_clip_config, train_world_clip
+    from zscir.errors import ZscirError
+
+    config = replace(default_clip_config(fast=True), steps=2, batch_size=8, continue_steps=2,
+                     continue_data={"composed_fraction": 0.5})
+    whole = train_world_clip(tmp_path / "whole", config, progress=False)
+    first = train_world_clip(tmp_path / "first", config.first_phase(), progress=False)
+    resumed = train_world_clip(tmp_path / "resumed", config, progress=False, phase_one=first)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(str(first / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the second phase did train
+    log = json.loads((whole / "train_log.json").read_text())
+    assert log["continue_steps"] == 2 and log["config"]["continue_data"] == {"composed_fraction": 0.5}
+    with pytest.raises(ZscirError, match="not the first phase"):  # another recipe's first phase is refused
+        train_world_clip(tmp_path / "other", replace(config, lr=5e-4), progress=False, phase_one=first)

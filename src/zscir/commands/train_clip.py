@@ -28,6 +28,16 @@ def add_arguments(parser) -> None:
                         help="share of relative captions worded as FashionIQ's statements ('the circle is green')")
     parser.add_argument("--context-length", type=int, default=None, metavar="N",
                         help="text context in tokens (default: the recipe's; composed texts need 64)")
+    parser.add_argument("--continue-steps", type=int, default=None, metavar="N",
+                        help="a second phase of N steps (continued pretraining at the recipe's continue_lr) on the "
+                        "mix set by --continue-composed-fraction / --continue-attribute-fraction")
+    parser.add_argument("--continue-composed-fraction", type=float, default=None, metavar="F",
+                        help="share of composed texts in the second phase")
+    parser.add_argument("--continue-attribute-fraction", type=float, default=None, metavar="F",
+                        help="share of FashionIQ-worded relative captions in the second phase")
+    parser.add_argument("--phase-one", default=None, metavar="DIR",
+                        help="a folder this command trained with the same first phase: load it instead of "
+                        "training the first phase again (the result is the same)")
     parser.add_argument("--fp16", action="store_true", help="store the weights in fp16 (how they are shipped)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,11 +66,22 @@ def run(args) -> int:
         if args.context_length < 8:
             raise ZscirError("--context-length must be at least 8")
         changes["size"] = replace(config.size, context_length=args.context_length)
-    config = replace(config, **changes, data={**config.data, **data})
+    later = {k: v for k, v in (("composed_fraction", args.continue_composed_fraction),
+                               ("attribute_fraction", args.continue_attribute_fraction)) if v is not None}
+    if any(not 0 <= v <= 1 for v in later.values()):
+        raise ZscirError("--continue-composed-fraction and --continue-attribute-fraction must be between 0 and 1")
+    if args.continue_steps is not None:
+        if args.continue_steps < 0:
+            raise ZscirError("--continue-steps must be at least 0")
+        changes["continue_steps"] = args.continue_steps
+    config = replace(config, **changes, data={**config.data, **data}, continue_data={**config.continue_data, **later})
+    if args.phase_one is not None and not (Path(args.phase_one) / "train_log.json").is_file():
+        raise ZscirError(f"--phase-one {args.phase_one}: no train_log.json there (not a folder of this command)")
     out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()):
         raise ZscirError(f"{out}: folder exists and is not empty; choose a new folder")
-    train_world_clip(out, config, progress=not args.no_progress)
+    train_world_clip(out, config, progress=not args.no_progress,
+                     phase_one=Path(args.phase_one) if args.phase_one else None)
     if args.fp16:
         from zscir.models.factory import save_weights_fp16
 

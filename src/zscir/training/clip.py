@@ -74,6 +74,8 @@ def train_clip(
     config: ClipTrainConfig | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    continue_pairs: PairSampler | None = None,
+    phase_one: str | Path | None = None,
 ) -> Path:
     """Train a CLIP from scratch on sampled pairs and save it as a loadable folder.
 
@@ -83,14 +85,18 @@ def train_clip(
         out_dir: destination folder (config + weights + tokenizer + processor + `train_log.json`).
         config: recipe; `ClipTrainConfig()` by default.
         progress: show a tqdm bar.
-        stop_after: stop (and save) after this many steps of the full schedule — the first steps of
+        stop_after: stop (and save) after this many steps of the first phase — the first steps of
             exactly the recipe's run (a test compares them with the shipped model's training log).
+        continue_pairs: the sampler of the second phase (required when `config.continue_steps` > 0).
+        phase_one: a folder this function saved with `config.first_phase()`: its weights are the first
+            phase, which is then not trained again. The second phase draws from its own seeded streams,
+            so this gives exactly the weights of the whole run (tested).
     Returns:
         `out_dir`, loadable with `Backbone.load(str(out_dir))`.
     """
-    from tqdm.auto import tqdm
-
     config = config or ClipTrainConfig()
+    if config.continue_steps and continue_pairs is None:
+        raise ValueError("train_clip: config.continue_steps > 0 needs continue_pairs (the second phase's sampler)")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -98,24 +104,57 @@ def train_clip(
     model = build_clip(tokenizer, config.size, seed=config.seed).train()
     init_geometry(model, config)
     processor = image_processor_for(config.size.image_size)
+    start = time.time()
+    if phase_one is not None:
+        log = _load_phase_one(model, Path(phase_one), config)
+        losses = []
+    else:
+        warmup = max(1, int(config.warmup_fraction * config.steps))
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
+
+        steps = config.steps if stop_after is None else min(stop_after, config.steps)
+        losses = _train_phase(model, sample_pairs, rng, tokenizer, processor, config, config.lr, lr_at, steps,
+                              "train tiny CLIP", progress)
+        log = {"config": asdict(config.first_phase()), "seconds": round(time.time() - start, 1),
+               "loss_first_10": np.mean(losses[:10]), "loss_last_10": float(np.mean(losses[-10:])), "steps": steps,
+               "loss_head": [round(x, 5) for x in losses[:LOSS_HEAD]]}
+    if config.continue_steps and stop_after is None:
+        # the second phase's own streams: the same whether the first phase ran here or was loaded
+        torch.manual_seed(config.seed + 1)
+        second = random.Random(f"{config.seed}|continue")
+        total = config.continue_steps
+        later = _train_phase(model, continue_pairs, second, tokenizer, processor, config, config.continue_lr,
+                             lambda step: 0.5 * (1 + math.cos(math.pi * step / total)), total,
+                             "continue tiny CLIP", progress)
+        log.update(continue_steps=total, continue_loss_last_10=float(np.mean(later[-10:])))
+    out_dir = Path(out_dir)
+    model.eval()
+    save_clip_folder(model, tokenizer, out_dir, config.size)
+    log.update(config=asdict(config), seconds=round(time.time() - start, 1) + (log.get("seconds", 0) if phase_one
+               else 0), logit_scale=round(float(model.logit_scale.detach().exp()), 2))
+    (out_dir / "train_log.json").write_text(json.dumps(log, indent=2, default=float))
+    return out_dir
+
+
+def _train_phase(model, sample_pairs: PairSampler, rng: random.Random, tokenizer, processor,
+                 config: ClipTrainConfig, lr: float, lr_factor, steps: int, desc: str, progress: bool) -> list[float]:
+    """`steps` contrastive steps with a fresh AdamW at `lr` × `lr_factor(step)`; returns the losses."""
+    from tqdm.auto import tqdm
+
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=config.betas,
+        lr=lr, betas=config.betas,
     )
-    warmup = max(1, int(config.warmup_fraction * config.steps))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     context = config.size.context_length
-    losses, start = [], time.time()
-    steps = config.steps if stop_after is None else min(stop_after, config.steps)
-    bar = tqdm(range(steps), desc="train tiny CLIP", disable=not progress or None)
+    losses = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress or None)
     for step in bar:
         images, captions = sample_pairs(rng, config.batch_size)
         pixels = pixels_from_images(images, processor)
@@ -127,7 +166,7 @@ def train_clip(
             text_embeds = model.get_text_features(input_ids=ids).pooler_output
         loss = clip_loss(image_embeds, text_embeds, model.logit_scale)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"tiny CLIP training: non-finite loss at step {step}")
+            raise FloatingPointError(f"tiny CLIP training: non-finite loss at step {step} ({desc})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -136,12 +175,24 @@ def train_clip(
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-    out_dir = Path(out_dir)
-    model.eval()
-    save_clip_folder(model, tokenizer, out_dir, config.size)
-    log = {"config": asdict(config), "seconds": round(time.time() - start, 1), "loss_first_10": np.mean(losses[:10]),
-           "loss_last_10": float(np.mean(losses[-10:])), "steps": steps,
-           "loss_head": [round(x, 5) for x in losses[:LOSS_HEAD]],
-           "logit_scale": round(float(model.logit_scale.detach().exp()), 2)}
-    (out_dir / "train_log.json").write_text(json.dumps(log, indent=2, default=float))
-    return out_dir
+    return losses
+
+
+def _load_phase_one(model, folder: Path, config: ClipTrainConfig) -> dict:
+    """Load a saved first phase into `model` after checking it was trained with `config.first_phase()`."""
+    from safetensors.torch import load_file
+
+    from zscir.errors import ZscirError
+
+    log = json.loads((folder / "train_log.json").read_text())
+    wanted = json.loads(json.dumps(asdict(config.first_phase()), default=float))
+    found = {k: v for k, v in log["config"].items() if k != "threads"}
+    for key in ("continue_steps", "continue_lr", "continue_data"):  # a log from before the second phase existed
+        found.setdefault(key, wanted[key])
+    if found != {k: v for k, v in wanted.items() if k != "threads"}:
+        raise ZscirError(f"{folder}: not the first phase of this recipe (its train_log.json config differs)")
+    state = load_file(str(folder / "model.safetensors"))
+    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if result.missing_keys:
+        raise ZscirError(f"{folder}: the first phase lacks {result.missing_keys[:3]}")
+    return {k: v for k, v in log.items() if k != "logit_scale"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -321,6 +321,16 @@ class ClipTrainConfig:
     # Options of the pair sampler the recipe was trained with (recorded in the log: the world's
     # `clip_pair_sampler` mix, e.g. {"composed_fraction": 0.2}; {} = its defaults); the trainer does not read them.
     data: dict = field(default_factory=dict)
+    # An optional second phase, continued pretraining: after `steps`, `continue_steps` more steps from the
+    # first phase's weights with a fresh AdamW at `continue_lr` (cosine, no warmup) on the pair mix
+    # `continue_data` (`clip_pair_sampler` options, e.g. composed texts); 0 = a single phase.
+    continue_steps: int = 0
+    continue_lr: float = 2e-4
+    continue_data: dict = field(default_factory=dict)
+
+    def first_phase(self) -> "ClipTrainConfig":
+        """This recipe without its second phase (what a `phase_one` folder must have been trained with)."""
+        return replace(self, continue_steps=0, continue_lr=ClipTrainConfig.continue_lr, continue_data={})
 
 
 def _field_types(cls) -> dict[str, Any]:
