@@ -139,10 +139,11 @@ WORLD_CLIP_DATA: dict = {}
 # composed texts ("{reference caption}, but {change}" with the edited image, the kind of web caption real
 # CLIP reads: "a dog wearing a hat") and 30% of the relative captions worded as FashionIQ's statements.
 # Chosen on properties of the text tower and the layouts, not on any method row (BENCHMARKS.md, session 13):
-# after the first phase alone the reference described in words in the Phi prompt stays below the sum
-# baseline (6.4 vs 9.2 CIRR R@1: the tower does not compose, so no pseudo token can win) and text only is
-# below image only (7.2 vs 8.4; real CIRR 20.9 vs 7.4); with the second phase, 10.6 vs 10.2 and 9.0 vs 8.6,
-# with the geometry kept (centroid cosine +0.19, gap 0.95, matched pairs 0.46).
+# after the first phase alone the reference described in words in the Phi prompt stays far below the sum
+# baseline (6.4 vs 9.2 CIRR R@1, seed-0 world: the tower does not compose, so no pseudo token can win) and
+# text only is below image only (7.2 vs 8.4; real CIRR 20.9 vs 7.4). With the second phase (the shipped
+# draw): 9.4 vs 9.6 and 7.8 vs 7.8; another draw of the same phase (other data streams) gave 10.6 vs 10.2
+# and 9.0 vs 8.6. The geometry stays near real CLIP's (centroid cosine +0.17, gap 0.94, matched 0.46).
 WORLD_CLIP_CONTINUE_DATA: dict = {"composed_fraction": 0.2, "attribute_fraction": 0.3}
 
 
