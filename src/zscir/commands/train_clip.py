@@ -5,6 +5,9 @@ pretrained CLIP; this command (or `zscir demo --train-clip`) retrains it from sc
     zscir train-clip --out runs/world-clip              # the shipped recipe
     zscir train-clip --out runs/short --steps 100       # a shorter run of the same recipe
     zscir train-clip --out runs/composed --composed-fraction 0.2 --attribute-fraction 0.3 --context-length 64
+    zscir train-clip --out runs/both --phase-one runs/first   # reuse a saved first phase (--continue-steps 0)
+The recipe has two phases: 600 steps from scratch, then 300 steps of continued pretraining on a mix with
+composed texts (`--continue-*`); `zscir/demo/world_models.py` says why.
 """
 
 from zscir.commands.options import add
@@ -21,20 +24,17 @@ def add_arguments(parser) -> None:
     add(parser, "seed", help="initialisation and data seed (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--composed-fraction", type=float, default=None, metavar="F",
-                        help="share of composed pretraining texts ('{reference caption}, but {change}' with the "
-                             "edited image; default: the recipe's)")
-    parser.add_argument("--attribute-fraction", type=float, default=None, metavar="F",
-                        help="share of relative captions worded as FashionIQ's statements ('the circle is green')")
+    for prefix, phase in (("", "the first phase (default: the recipe's)"), ("continue-", "the second phase")):
+        parser.add_argument(f"--{prefix}composed-fraction", type=float, default=None, metavar="F",
+                            help="share of composed pretraining texts ('{reference caption}, but {change}' with the "
+                                 f"edited image) in {phase}")
+        parser.add_argument(f"--{prefix}attribute-fraction", type=float, default=None, metavar="F",
+                            help=f"share of relative captions worded as FashionIQ's statements in {phase}")
     parser.add_argument("--context-length", type=int, default=None, metavar="N",
                         help="text context in tokens (default: the recipe's; composed texts need 64)")
     parser.add_argument("--continue-steps", type=int, default=None, metavar="N",
-                        help="a second phase of N steps (continued pretraining at the recipe's continue_lr) on the "
-                        "mix set by --continue-composed-fraction / --continue-attribute-fraction")
-    parser.add_argument("--continue-composed-fraction", type=float, default=None, metavar="F",
-                        help="share of composed texts in the second phase")
-    parser.add_argument("--continue-attribute-fraction", type=float, default=None, metavar="F",
-                        help="share of FashionIQ-worded relative captions in the second phase")
+                        help="a second phase of N steps (continued pretraining at the recipe's continue_lr; "
+                        "default: the recipe's)")
     parser.add_argument("--phase-one", default=None, metavar="DIR",
                         help="a folder this command trained with the same first phase: load it instead of "
                         "training the first phase again (the result is the same)")
@@ -58,18 +58,15 @@ def run(args) -> int:
                                  ("threads", args.threads)) if v is not None}
     if any(v is not None and v < 1 for k, v in changes.items() if k != "seed"):
         raise ZscirError("--steps, --batch-size and --threads must be at least 1")
-    data = {k: v for k, v in (("composed_fraction", args.composed_fraction),
-                              ("attribute_fraction", args.attribute_fraction)) if v is not None}
-    if any(not 0 <= v <= 1 for v in data.values()):
-        raise ZscirError("--composed-fraction and --attribute-fraction must be between 0 and 1")
+    data, later = ({k: v for k, v in (("composed_fraction", getattr(args, f"{prefix}composed_fraction")),
+                                      ("attribute_fraction", getattr(args, f"{prefix}attribute_fraction")))
+                    if v is not None} for prefix in ("", "continue_"))
+    if any(not 0 <= v <= 1 for v in (*data.values(), *later.values())):
+        raise ZscirError("the --*composed-fraction and --*attribute-fraction shares must be between 0 and 1")
     if args.context_length is not None:
         if args.context_length < 8:
             raise ZscirError("--context-length must be at least 8")
         changes["size"] = replace(config.size, context_length=args.context_length)
-    later = {k: v for k, v in (("composed_fraction", args.continue_composed_fraction),
-                               ("attribute_fraction", args.continue_attribute_fraction)) if v is not None}
-    if any(not 0 <= v <= 1 for v in later.values()):
-        raise ZscirError("--continue-composed-fraction and --continue-attribute-fraction must be between 0 and 1")
     if args.continue_steps is not None:
         if args.continue_steps < 0:
             raise ZscirError("--continue-steps must be at least 0")
