@@ -5,7 +5,7 @@ pretrained CLIP; this command (or `zscir demo --train-clip`) retrains it from sc
     zscir train-clip --out runs/world-clip              # the shipped recipe
     zscir train-clip --out runs/short --steps 100       # a shorter run of the same recipe
     zscir train-clip --out runs/composed --composed-fraction 0.2 --attribute-fraction 0.3 --context-length 64
-    zscir train-clip --out runs/both --phase-one runs/first   # reuse a saved first phase (--continue-steps 0)
+    zscir train-clip --out runs/both --phase-one runs/first   # runs/first: trained with --continue-steps 0
 The recipe has two phases: 600 steps from scratch, then 300 steps of continued pretraining on a mix with
 composed texts (`--continue-*`); `zscir/demo/world_models.py` says why.
 """
