@@ -36,6 +36,8 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     assert results["grid_method"] == "LinCIR + RTD" and "grid (LinCIR + RTD)" in printed
     assert grid.width >= 8 * 160  # reference, target, pseudo target, top 5: tiles of 160 px
     assert (tmp_path / "world-fast" / "phi" / "config.json").is_file()
+    for stage in ("phi", "rtd-text-encoder", "searle-phi"):  # each trained stage is kept where a rerun looks
+        assert (tmp_path / "world-fast" / stage / "zscir_done.json").is_file(), stage
 
     assert results["calibration"]["clip"]["n"] > 0 and "gap_norm" in results["calibration"]["clip"]
     assert set(results["calibration"]["pseudo_token"]) == {"LinCIR", "SEARLE"}
@@ -50,11 +52,13 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
 
     if torch.get_num_threads() >= 2:
         assert "SEARLE runs in a second process" in printed and "searle (parallel)" in results["seconds"]
+    done = (tmp_path / "world-fast" / "searle-phi" / "zscir_done.json").stat().st_mtime_ns
     inline = run_demo(DemoConfig(cache_dir=tmp_path, fast=True, skip=("cig",), parallel=False, progress=False,
                                  out_dir=tmp_path / "inline"))
     assert "SEARLE runs in a second process" not in capsys.readouterr().out
     for label in ("SEARLE-OTI", "SEARLE (Phi distilled here)"):
         assert inline["rows"][label] == results["rows"][label]
+    assert (tmp_path / "world-fast" / "searle-phi" / "zscir_done.json").stat().st_mtime_ns == done  # reused
     assert list(inline["rows"]) == [k for k in results["rows"] if "CIG" not in k]  # the table's row order
 
     # two seeds: seed 0 is reused stage by stage, seed 1 is a new world; mean ± std per row

@@ -125,8 +125,8 @@ def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, pro
     train_split = load_benchmark("cirr", world_dir / "data" / "cirr", "train")[0]
     names = train_split.gallery[: budget.searle_images]
     features = cache.image_features(backbone, {n: train_split.images[n] for n in names})
-    folder = _oti_folder(world_dir / "runs" / "searle-oti", backbone, bank, budget)
-    tokens = oti_tokens_for(backbone, names, features, bank, oti_config(budget), folder, None, progress=progress)
+    store = _oti_folder(world_dir / "runs" / "searle-oti", backbone, bank, budget)
+    tokens = oti_tokens_for(backbone, names, features, bank, oti_config(budget), store, None, progress=progress)
     run = _run_dir(world_dir, "searle", settings)
     config = _train_config(SearleConfig, run, budget.searle_steps, budget.searle_batch, progress, epochs=None)
     phi = distill_phi(backbone, features.lookup(names), tokens, bank, config)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zscir.errors import ZscirError
 from zscir.models.factory import build_clip, image_processor_for, save_clip_folder
 from zscir.training.config import ClipTrainConfig
 
@@ -181,8 +182,6 @@ def _train_phase(model, sample_pairs: PairSampler, rng: random.Random, tokenizer
 def _load_phase_one(model, folder: Path, config: ClipTrainConfig) -> dict:
     """Load a saved first phase into `model` after checking it was trained with `config.first_phase()`."""
     from safetensors.torch import load_file
-
-    from zscir.errors import ZscirError
 
     log = json.loads((folder / "train_log.json").read_text())
     wanted = json.loads(json.dumps(asdict(config.first_phase()), default=float))
