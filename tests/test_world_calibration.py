@@ -126,8 +126,8 @@ def test_train_clip_command_trains_saves_and_reports_geometry(tmp_path, capsys):
     from zscir.models.backbone import Backbone
 
     out = tmp_path / "clip"
-    assert main(["train-clip", "--out", str(out), "--steps", "2", "--continue-steps", "2", "--batch-size", "8", "--fp16",
-                 "--no-progress"]) == 0
+    assert main(["train-clip", "--out", str(out), "--steps", "2", "--continue-steps", "2", "--batch-size", "8",
+                 "--fp16", "--no-progress"]) == 0
     geometry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert geometry["n"] == 1000 and -1 <= geometry["centroid_cosine"] <= 1
     backbone = Backbone.load(str(out))
