@@ -72,6 +72,16 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
         assert again["rows"][label]["cirr"]["R@1"] == pytest.approx(sum(seeds) / 2, abs=0.01)
         assert again["std"][label]["cirr"]["R@1"] == pytest.approx(abs(seeds[0] - seeds[1]) / 2 ** 0.5, abs=0.01)
     assert (tmp_path / "world-fast-seed1" / "data" / "manifest.json").is_file()
+    summary = (tmp_path / "demo-results-fast" / "table.txt").read_text()
+    assert f"world CLIP on {again['calibration']['clip']['n']:.0f} held-out pairs" in summary  # not "1000.0"
+
+
+def test_multi_seed_summary_names_each_seeds_cig_weight():
+    from zscir.demo.pipeline import render_summary
+
+    results = {"seeds": [0, 1], "seconds": {"total": 1.0}, "cig": {"alpha": 1.0},
+               "per_seed": {"0": {"cig": {"alpha": 1.0}}, "1": {"cig": {"alpha": 0.8}}}}
+    assert "α = 1.0 / 0.8 (seeds 0 / 1)" in render_summary(results, "")
 
 
 def test_demo_oti_folders_follow_the_settings(tmp_path, tiny_backbone):

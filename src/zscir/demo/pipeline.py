@@ -130,7 +130,7 @@ def run_demo(config: DemoConfig) -> dict:
         checks = acceptance(mean, [r["rows"] for r in runs])
         results = {**runs[0], "rows": mean, "std": std, "seeds": seeds, "acceptance": [asdict(c) for c in checks],
                    "calibration": _mean_calibration([r["calibration"] for r in runs]),
-                   "per_seed": {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "calibration", "seconds")}
+                   "per_seed": {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "calibration", "seconds", "cig")}
                                 for r in runs}}
     results["seconds"] = {**results["seconds"], "all seeds": round(time.perf_counter() - start, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -460,7 +460,7 @@ def render_summary(results: dict, table: str) -> str:
              "World properties the world is calibrated on, next to real data:"]
     clip = calibration.get("clip")
     if clip:
-        lines.append(f"  world CLIP on {clip['n']} held-out pairs (chance R@1 {100 / clip['n']:.1f}):")
+        lines.append(f"  world CLIP on {clip['n']:.0f} held-out pairs (chance R@1 {100 / clip['n']:.1f}):")
         for key in ("centroid_cosine", "gap_norm", "matched_cosine", "t2i_R@1", "i2t_R@1"):
             real = REAL_CLIP[key]
             lines.append(f"    {key:16} {clip[key]:8.3g}   real CLIP {real['value']:6g} ({real['kind']})")
@@ -489,10 +489,12 @@ def render_summary(results: dict, table: str) -> str:
                          f"vs to a random gallery image {sim['to_random']:.3f} (to the reference "
                          f"{sim['to_reference']:.3f}); closer to the target than to the random image for "
                          f"{sim['closer_to_target']:.1f}%")
-    alpha = (results.get("cig") or {}).get("alpha")
-    if alpha is not None:
-        lines.append(f"  CIG fusion weight α = {alpha} (chosen on held-out train queries; 1.0 = the pseudo target is "
-                     "not used, so LinCIR + CIG equals LinCIR)")
+    alphas = [(run.get("cig") or {}).get("alpha") for run in results.get("per_seed", {}).values()] if seeds else \
+        [(results.get("cig") or {}).get("alpha")]
+    if any(a is not None for a in alphas):
+        shown = " / ".join(str(a) for a in alphas) + (" (seeds " + " / ".join(map(str, seeds)) + ")" if seeds else "")
+        lines.append(f"  CIG fusion weight α = {shown}, chosen on held-out train queries; 1.0 = the pseudo target is "
+                     "not used, so LinCIR + CIG equals LinCIR there")
     lines += ["", "CIR: CIRR-format val (reference removed; Rs = subset recall), FashionIQ-format val (mean of 3 "
               "categories), CIRCO-format val", "", table]
     checks = results.get("acceptance", [])
