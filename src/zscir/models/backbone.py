@@ -231,15 +231,10 @@ class Backbone:
         if missing:
             ids = self.tokenizer(missing, padding="max_length", truncation=True, max_length=self.context_length,
                                  return_tensors="pt")["input_ids"]
-            if len(missing) == len(texts):
-                rows = None  # every text is new and distinct: the tokenizer's batch is the answer
-            else:
-                rows.update(zip(missing, ids))
+            rows.update(zip(missing, ids))  # this call's rows, kept even if the cache is cleared below
             if len(cache) + len(missing) > TOKEN_CACHE_SIZE:
                 cache.clear()
             cache.update(zip(missing, ids))
-            if rows is None:
-                return ids
         return torch.stack([rows[t] for t in texts])
 
     def encode_composed(
