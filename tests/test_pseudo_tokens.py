@@ -161,3 +161,31 @@ def test_causal_mask_blocks_exactly_the_future(tiny_backbone):
     allowed = mask if mask.dtype == torch.bool else mask == 0
     expected = torch.ones(5, 5, dtype=torch.bool).tril()
     assert torch.equal(allowed.reshape(-1, 5, 5)[0], expected)
+
+
+def test_length_buckets_equal_one_full_context_pass_and_keep_row_order(any_backbone):
+    """Rows of very different lengths (real punctuation and possessives), several buckets, with pseudo tokens:
+    outputs and gradients equal the single full-context pass, row by row, in the input order."""
+    from zscir.models.pseudo_tokens import encode_in_length_buckets
+
+    words = "the dog's red collar, on a small green mat; then a cat".split()
+    prompts = [("a photo of $ that " + " ".join(words[: 1 + (7 * i) % len(words)])) for i in range(23)]
+    prompts[5] = "$"
+    ids = any_backbone.tokenize(prompts)
+    tokens = torch.randn(len(prompts), any_backbone.hidden_size, generator=torch.Generator().manual_seed(0))
+    full_tokens = tokens.clone().requires_grad_(True)
+    full = encode_with_pseudo_tokens(any_backbone.text, ids, full_tokens, any_backbone.pseudo_token_id).text_embeds
+    full.square().sum().backward()
+    bucket_tokens = tokens.clone().requires_grad_(True)
+    bucketed = encode_in_length_buckets(any_backbone.text, ids, bucket_tokens, any_backbone.pseudo_token_id,
+                                        bucket_rows=3, max_buckets=5).text_embeds
+    bucketed.square().sum().backward()
+    torch.testing.assert_close(bucketed, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(bucket_tokens.grad, full_tokens.grad, atol=1e-5, rtol=1e-4)
+    # the Backbone's path is the bucketed one, and plain text (no pseudo token) goes through it too
+    torch.testing.assert_close(any_backbone.encode_composed(prompts, tokens).text_embeds, full.detach(), atol=1e-5,
+                               rtol=0)
+    plain = ["a red circle.", "the cat's hat", "make it green, and remove the star, then add a dog"] * 30
+    with torch.no_grad():
+        theirs = any_backbone.text(input_ids=any_backbone.tokenize(plain)).text_embeds
+    torch.testing.assert_close(any_backbone.encode_text(plain, batch_size=90), theirs, atol=1e-5, rtol=0)

@@ -17,7 +17,12 @@ import torch
 from PIL import Image
 
 from zscir.errors import ModelLoadError
-from zscir.models.pseudo_tokens import PseudoTokenOutput, encode_with_pseudo_tokens, end_of_text_positions
+from zscir.models.pseudo_tokens import (
+    PseudoTokenOutput,
+    encode_in_length_buckets,
+    encode_with_pseudo_tokens,
+    end_of_text_positions,
+)
 from zscir.models.tokenizer import pseudo_token_id
 from zscir.registry import resolve_backbone
 from zscir.utils.device import check_device
@@ -261,11 +266,11 @@ class Backbone:
         if pad_id is not None:
             end = end_of_text_positions(tower.text_model, ids)
             ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) > end.unsqueeze(1), pad_id)
-        if not return_penultimate:
-            # The tower is causal: columns after the batch's last end-of-text token never reach a pooled
-            # output, so dropping them changes nothing but the cost (tested against the full context).
-            ids = ids[:, : int(end_of_text_positions(tower.text_model, ids).max()) + 1]
         tokens = None if pseudo_tokens is None else pseudo_tokens.to(self.device, self.dtype)
+        if not return_penultimate:
+            # The tower is causal: columns after a row's end-of-text token never reach its pooled output, so
+            # rows are encoded in length buckets, each cut after its longest row (tested against the full context).
+            return encode_in_length_buckets(tower, ids, tokens, self.pseudo_token_id)
         return encode_with_pseudo_tokens(tower, ids, tokens, self.pseudo_token_id, return_penultimate)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, pseudo_tokens: torch.Tensor | None = None,
