@@ -230,6 +230,26 @@ def test_text_encoder_option(benchmarks, tiny_clip_dir, tiny_backbone, tmp_path)
     assert metrics == pytest.approx(ev.evaluate(queries=with_tower).metrics)
 
 
+def test_evaluating_a_tower_in_training_leaves_it_trainable(benchmarks, tiny_backbone, tmp_path):
+    """An RTD tower evaluated mid-training keeps its mode and gradients (with_text_tower used to freeze it,
+    so the next training step had no graph), and gives the queries of a frozen copy."""
+    import copy
+
+    split = load_benchmark("cirr", benchmarks["cirr"], "val")[0]
+    ev = Evaluator(tiny_backbone, split, FeatureCache(tmp_path / "cache", progress=False))
+    tower = copy.deepcopy(tiny_backbone.text).train().requires_grad_(True)
+    with torch.no_grad():
+        tower.text_projection.weight.add_(0.5 * torch.randn_like(tower.text_projection.weight))
+    queries = ev.query_vectors("text", text_tower=tower)
+    assert tower.training and all(p.requires_grad for p in tower.parameters())
+    frozen = copy.deepcopy(tower).eval().requires_grad_(False)
+    torch.testing.assert_close(queries, text_queries(tiny_backbone.with_text_tower(frozen),
+                                                     [q.captions for q in split.queries]))
+    loss = tiny_backbone.encode_composed(["a red circle"], text_tower=tower).text_embeds.square().sum()
+    loss.backward()
+    assert tower.text_projection.weight.grad is not None
+
+
 def test_missing_images_stop_or_skip(tmp_path, tiny_clip_dir, capsys):
     root = make_cirr(tmp_path / "cirr")
     (root / "val" / "dev-3-img0.png").unlink()  # the target of query 0 and reference of query 3

@@ -335,7 +335,11 @@ class Backbone:
         return self
 
     def with_text_tower(self, text_tower: torch.nn.Module) -> Backbone:
-        """A copy of this backbone whose text tower is replaced (e.g. an RTD fine-tuned one)."""
+        """A copy of this backbone whose text tower is replaced (e.g. an RTD fine-tuned one).
+
+        The tower is used as it is: its training mode and `requires_grad` flags are left alone, so a tower
+        being trained can be evaluated mid-training (query composition runs under `inference_mode`).
+        """
         config = text_tower.config
         if config.hidden_size != self.hidden_size or config.projection_dim != self.projection_dim:
             raise ModelLoadError(
@@ -343,6 +347,6 @@ class Backbone:
                 f"{text_tower.config.projection_dim}) do not match the backbone (hidden {self.hidden_size}, "
                 f"projection {self.projection_dim})"
             )
-        text_tower = text_tower.to(self.device, self.dtype).eval().requires_grad_(False)
+        text_tower = text_tower.to(self.device, self.dtype)
         return Backbone(self.name, text_tower, self.vision, self.tokenizer, self.image_processor, self.device,
                         self.dtype)

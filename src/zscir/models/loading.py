@@ -37,7 +37,7 @@ def load_query_models(backbone: str | os.PathLike | Backbone,
     if text_encoder is not None:
         tower = (load_text_tower(text_encoder, like=backbone.text) if isinstance(text_encoder, (str, os.PathLike))
                  else text_encoder)
-        backbone = backbone.with_text_tower(tower)
+        backbone = backbone.with_text_tower(tower.eval().requires_grad_(False))
     if phi is not None:
         phi = load_inversion_network(phi, device) if isinstance(phi, (str, os.PathLike)) else phi.eval()
         check_fits(phi, backbone)
