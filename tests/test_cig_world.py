@@ -100,6 +100,7 @@ def test_selection_split_holds_its_images_out_of_generator_training(world):
 
 def test_cig_stage_fast_end_to_end_and_reused(world, cirr, tiny_backbone, tmp_path):
     from zscir.demo.cig_stage import ROW, run_cig_stage
+    from zscir.demo.world_generator import world_generator_base
     from zscir.generation.cig import image_path
     from zscir.models.phi import Phi
     from zscir.retrieval.features import FeatureCache
@@ -109,11 +110,21 @@ def test_cig_stage_fast_end_to_end_and_reused(world, cirr, tiny_backbone, tmp_pa
     cache = FeatureCache(tmp_path / "features", progress=False)
     split = cirr["val"]
     out = tmp_path / "cig"
-    result = run_cig_stage(world, tiny_backbone, phi, [split], cache, out, fast=True, progress=False, threads=1)
+    # the tiny test CLIP is not the shipped one, so the base is pretrained here (fast recipe)
+    base, base_report = world_generator_base(tmp_path / "cache", tiny_backbone, fast=True, progress=False)
+    assert base_report["source"] == "trained here" and (base / "unet" / "config.json").is_file()
+    result = run_cig_stage(world, tiny_backbone, phi, [split], cache, out, base, fast=True, progress=False,
+                           threads=1)
     assert set(result["rows"][ROW]) == {split.name} and "Avg" in result["rows"][ROW][split.name]
     assert result["alpha"] in {float(a) for a in result["sweep"]["selection"]}
     assert result["alpha_selected_on"] != split.name
     assert result["vae"]["recon_mse_trained"] < result["vae"]["recon_mse_random"]
+    # the stage fine-tuned the base UNet (same architecture, other weights)
+    from diffusers import UNet2DConditionModel
+
+    tuned = UNet2DConditionModel.from_pretrained(str(out / "generator" / "unet")).state_dict()
+    start = UNet2DConditionModel.from_pretrained(str(base / "unet")).state_dict()
+    assert tuned.keys() == start.keys() and any(not torch.equal(tuned[k], start[k]) for k in tuned)
     assert all(image_path(result["pseudo_dir"][split.name], q.query_id).is_file() for q in split.queries)
     # α = 1 of the reported sweep is plain Phi retrieval
     from zscir.evaluation.runner import Evaluator
@@ -124,5 +135,5 @@ def test_cig_stage_fast_end_to_end_and_reused(world, cirr, tiny_backbone, tmp_pa
     marker = json.loads((out / "zscir_done.json").read_text())
     assert marker["report"]["rows"] == result["rows"]
 
-    again = run_cig_stage(world, tiny_backbone, phi, [split], cache, out, fast=True, progress=False, threads=1)
+    again = run_cig_stage(world, tiny_backbone, phi, [split], cache, out, base, fast=True, progress=False, threads=1)
     assert again["reused"] and again["rows"] == result["rows"]

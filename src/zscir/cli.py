@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "check-data": "zscir.commands.check_data",
     "download": "zscir.commands.download",
     "train-clip": "zscir.commands.train_clip",
+    "train-world-generator": "zscir.commands.train_world_generator",
     "train-phi": "zscir.commands.train_phi",
     "train-rtd": "zscir.commands.train_rtd",
     "invert": "zscir.commands.invert",

@@ -19,7 +19,10 @@ def add_arguments(parser) -> None:
                         help="repeat world, training and evaluation over N seeds; report mean ± std per row "
                         "(default 1)")
     parser.add_argument("--train-clip", action="store_true",
-                        help="train the world CLIP from scratch here instead of using the shipped weights")
+                        help="train the world CLIP from scratch here instead of using the shipped weights "
+                        "(the base generator is then pretrained here too)")
+    parser.add_argument("--train-generator", action="store_true",
+                        help="pretrain CIG's base generator here (about 20 min) instead of using the shipped one")
 
 
 def run(args) -> int:
@@ -32,8 +35,8 @@ def run(args) -> int:
 
     config = DemoConfig(cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), fast=args.fast,
                         skip=tuple(args.skip), out_dir=Path(args.output_dir) if args.output_dir else None,
-                        seed=args.seed,
-                        seeds=args.seeds, train_clip=args.train_clip)
+                        seed=args.seed, seeds=args.seeds, train_clip=args.train_clip,
+                        train_generator=args.train_generator)
     with library_bars_only_on_a_terminal():
         run_demo(config)
     return 0

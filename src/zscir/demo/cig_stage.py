@@ -5,16 +5,17 @@ What `run_cig_stage` does, each step cached under `out_dir` and reused when its 
 1. **Selection split** (for α): queries of every k-th image set of the world's CIRR *train* split, with
    the full train gallery. Every image of those sets is kept out of generator training, so the
    generator never saw the targets α is chosen on. α is never chosen on the reported splits.
-2. **VAE** (`training/vae.py`): the tiny SDXL `AutoencoderKL` (downsampling ×2) trained as an
-   autoencoder on the remaining train images; its recon MSE on the held-out selection-set images
-   is reported for the random and for the trained VAE. The generator works at 24×24 (latents
-   12×12×4): the world's 48×48 true targets downsampled to 24×24 give the tiny CLIP the same CIG
-   fusion metrics as the originals (measured), while a ×2 VAE at 24 px reaches about a third of the
-   recon error a ×4 VAE at 48 px reached in the same ~40 s of training.
-3. **UNet** (`training/generator.py`): trained from scratch in that latent space to reconstruct each
-   image from the composed conditioning of "a photo of $", $ = Phi(own image embedding), with the
-   demo's backbone and Phi used as both SDXL towers (cross-attention 2H). The result is a complete
-   `StableDiffusionXLPipeline` folder (`out_dir/generator`), loaded with `load_generator` like real SDXL.
+2. **Base generator** (`demo.world_generator`): a tiny SDXL (AutoencoderKL ×2, UNet with text-time
+   embeddings) pretrained on world scenes with their captions, the analogue of stock SDXL; shipped as
+   package data and trained here only when the CLIP is not the shipped one. The base VAE's recon MSE on
+   this seed's held-out selection-set images is reported next to a random VAE's. The generator works
+   at 24×24 (latents 12×12×4): the world's 48×48 true targets downsampled to 24×24 give the tiny CLIP
+   the same CIG fusion metrics as the originals (measured).
+3. **UNet fine-tune** (`training/generator.py`): the base UNet trained further to reconstruct each
+   train image from the composed conditioning of "a photo of $", $ = Phi(own image embedding), with
+   the demo's backbone and Phi used as both SDXL towers (cross-attention 2H), as CIG's authors
+   fine-tuned SDXL. The result is a complete `StableDiffusionXLPipeline` folder (`out_dir/generator`),
+   loaded with `load_generator` like real SDXL.
 4. **Pseudo targets** for the selection split and every reported split (`generate_pseudo_targets`,
    resumable: finished images are skipped; cleared when the generator changes).
 5. **Fusion**: α sweep on the selection split → α (best CIRR "Avg", ties to the larger α); the
@@ -38,17 +39,18 @@ import torch
 from zscir.compose import PromptTemplate
 from zscir.data.images import load_image
 from zscir.data.records import load_benchmark
+from zscir.demo.world_generator import assemble_pipeline, base_fingerprint, read_recipe
 from zscir.demo.world_models import DONE, finish_stage, stage_done, stage_report
 from zscir.evaluation.fusion import alpha_sweep, evaluate_fused, pseudo_target_queries
 from zscir.evaluation.runner import Evaluator
 from zscir.generation.cig import GenerationConfig, generate_pseudo_targets, image_path, load_generator, write_manifest
 from zscir.generation.conditioning import ComposedConditioner
-from zscir.generation.tiny import TinySDXLSize, build_tiny_sdxl, build_tiny_vae
+from zscir.generation.tiny import build_tiny_vae
 from zscir.models.backbone import fingerprint_module
 from zscir.recipes import ALPHA_SWEEP
-from zscir.training.config import GeneratorTrainConfig, VAETrainConfig
+from zscir.training.config import GeneratorTrainConfig
 from zscir.training.generator import train_generator
-from zscir.training.vae import install_vae, load_pixels, reconstruction_mse, train_vae
+from zscir.training.vae import load_pixels, reconstruction_mse
 from zscir.utils.io import write_json_atomic
 
 ROW = "LinCIR + CIG"
@@ -57,32 +59,20 @@ SELECTION_METRIC = "Avg"  # CIRR's summary metric, (R@5 + Rs@1) / 2: steadier th
 
 @dataclass(frozen=True)
 class CIGStageSettings:
-    """Every knob of the stage (all of them key the cache).
+    """Every knob of the stage (all of them key the cache; the architecture and resolution are the base's).
 
     Attributes:
-        resolution: training / generation side in pixels (the world's image size).
-        vae_channels: VAE block widths (3 blocks = downsampling ×4).
-        unet_channels / attention_heads: tiny UNet block widths and heads per cross-attention block.
-        vae_steps / vae_batch / vae_lr / kl_weight: VAE recipe.
-        unet_steps / unet_batch / unet_lr / uncond_prob: UNet recipe.
+        unet_steps / unet_batch / unet_lr / uncond_prob: the UNet fine-tune on "a photo of $".
         gen_steps / guidance / gen_batch / dark_threshold: generation (world backgrounds can be near
             black, mean pixel ≈ 17, so the dark-image threshold is lower than the paper's 10).
         selection_every: every k-th CIRR train image set goes to the selection split.
         selection_queries: at most this many selection queries.
-        train_images: at most this many generator training images (None = all remaining).
+        train_images: at most this many fine-tune images (None = all remaining).
         alphas: the α values swept.
-        seed: seeds both trainings and generation.
+        seed: seeds the fine-tune and generation.
     """
 
-    resolution: int = 24
-    vae_channels: tuple[int, ...] = (8, 16)
-    unet_channels: tuple[int, ...] = (32, 64)
-    attention_heads: tuple[int, ...] = (4, 8)
-    vae_steps: int = 1000
-    vae_batch: int = 16
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-6
-    unet_steps: int = 400
+    unet_steps: int = 150
     unet_batch: int = 32
     unet_lr: float = 1e-3
     uncond_prob: float = 0.1
@@ -100,8 +90,8 @@ class CIGStageSettings:
 def default_settings(fast: bool = False) -> CIGStageSettings:
     """The demo's recipe; `fast` is a smoke-test run (seconds, meaningless numbers)."""
     if fast:
-        return CIGStageSettings(vae_steps=15, unet_steps=10, unet_batch=8, gen_steps=2, gen_batch=16,
-                                selection_queries=8, train_images=48, alphas=(0.5, 0.75, 1.0))
+        return CIGStageSettings(unet_steps=10, unet_batch=8, gen_steps=2, gen_batch=16, selection_queries=8,
+                                train_images=48, alphas=(0.5, 0.75, 1.0))
     return CIGStageSettings()
 
 
@@ -167,92 +157,52 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
-def train_world_vae(out_dir: Path, s: CIGStageSettings, images: list[Path], held_out: list[Path],
-                    progress: bool) -> tuple[Path, dict]:
-    """Sub-stage 2: train (or reuse) the VAE; returns (VAE folder, report with recon MSE before/after)."""
+def base_vae_check(base_dir: Path, held_out: list[Path], resolution: int, seed: int) -> dict:
+    """Sub-stage 2: the base VAE's recon MSE on this seed's held-out images, next to a random VAE's."""
     from diffusers import AutoencoderKL
 
-    folder = out_dir / "vae"
-    settings = {"key": _key(asdict(s)["vae_channels"], s.resolution, s.vae_steps, s.vae_batch, s.vae_lr, s.kl_weight,
-                            s.seed, [str(p) for p in images], [str(p) for p in held_out])}
-    if stage_done(folder, settings):
-        return folder, stage_report(folder)
-    start = time.time()
-    run = _fresh(out_dir / ".vae-run")
-    random_dir = run / "random-vae"
-    vae = build_tiny_vae(TinySDXLSize(vae_channels=s.vae_channels), seed=s.seed)
-    vae.save_pretrained(str(random_dir))
-    check = load_pixels(held_out, s.resolution)
-    before = reconstruction_mse(vae, check)
-    config = VAETrainConfig(output_dir=str(run / "train"), vae=str(random_dir), resolution=s.resolution,
-                            max_steps=s.vae_steps, batch_size=min(s.vae_batch, len(images)), lr=s.vae_lr,
-                            kl_weight=s.kl_weight, seed=s.seed, checkpoint_every=s.vae_steps, keep_checkpoints=1,
-                            cpu=True, report_to="none", progress=progress)
-    result = train_vae(config, images)
-    trained = AutoencoderKL.from_pretrained(str(result.final_dir / "vae"))
-    report = {"recon_mse_random": round(before, 5), "recon_mse_trained": round(reconstruction_mse(trained, check), 5),
-              "heldout_images": len(held_out), "train_images": len(images), "steps": result.steps,
-              "scaling_factor": round(float(trained.config.scaling_factor), 5),
-              "seconds": round(time.time() - start, 1)}
-    tmp = _fresh(out_dir / ".vae-tmp")
-    shutil.copytree(result.final_dir / "vae", tmp)
-    _finish(tmp, folder, settings, report)
-    shutil.rmtree(run)
-    return folder, report
+    check = load_pixels(held_out, resolution)
+    random_vae = build_tiny_vae(read_recipe(base_dir).size(), seed=seed)
+    base = AutoencoderKL.from_pretrained(str(base_dir / "vae"))
+    return {"recon_mse_random": round(reconstruction_mse(random_vae, check), 5),
+            "recon_mse_trained": round(reconstruction_mse(base, check), 5), "heldout_images": len(held_out),
+            "scaling_factor": round(float(base.config.scaling_factor), 5)}
 
 
-def _finish(tmp: Path, folder: Path, settings: dict, report: dict) -> None:
-    """Marker into `tmp`, then `tmp` onto `folder` (world_models' `finish_stage` convention)."""
-    finish_stage(tmp, folder, settings, report)
-
-
-def _save_text_tower(backbone, folder: Path) -> Path:
-    """The backbone's text tower + tokenizer as a CLIP text folder (the pipeline's text encoders)."""
-    backbone.text.save_pretrained(str(folder))
-    backbone.tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-def train_world_generator(out_dir: Path, s: CIGStageSettings, backbone, phi, vae_dir: Path, vae_key: str,
-                          images: list[Path], progress: bool) -> tuple[Path, dict]:
-    """Sub-stage 3: a tiny SDXL pipeline around the trained VAE, UNet trained on "a photo of $" (or reused).
+def finetune_world_generator(out_dir: Path, s: CIGStageSettings, backbone, phi, base_dir: Path,
+                             images: list[Path], progress: bool) -> tuple[Path, dict]:
+    """Sub-stage 3: the base pipeline with its UNet fine-tuned on "a photo of $" (or reused).
 
     Returns:
-        (pipeline folder with the trained UNet in `unet/`, report).
+        (pipeline folder with the fine-tuned UNet in `unet/`, report).
     """
     folder = out_dir / "generator"
-    settings = {"key": _key(vae_key, asdict(s)["unet_channels"], asdict(s)["attention_heads"], s.unet_steps,
-                            s.unet_batch, s.unet_lr, s.uncond_prob, s.seed, s.resolution,
+    settings = {"key": _key(base_fingerprint(base_dir), s.unet_steps, s.unet_batch, s.unet_lr, s.uncond_prob, s.seed,
                             backbone.text_fingerprint(), backbone.vision_fingerprint(), fingerprint_module(phi),
                             [str(p) for p in images])}
     if stage_done(folder, settings):
         return folder, stage_report(folder)
     start = time.time()
     run = _fresh(out_dir / ".generator-run")
-    size = TinySDXLSize(unet_channels=s.unet_channels, attention_head_dim=s.attention_heads,
-                        vae_channels=s.vae_channels, sample_size=s.resolution // 2 ** (len(s.vae_channels) - 1))
-    text_dir = _save_text_tower(backbone, run / "text-tower")
-    tmp = _fresh(out_dir / ".generator-tmp")
-    build_tiny_sdxl(text_dir, None, tmp, size, seed=s.seed)
-    install_vae(tmp, vae_dir)
+    tmp = assemble_pipeline(backbone, base_dir, out_dir / ".generator-tmp", seed=s.seed)
     plain = ComposedConditioner(backbone, phi, backbone, phi, PromptTemplate.named("plain"))
-    config = GeneratorTrainConfig(output_dir=str(run / "train"), generator=str(tmp), resolution=s.resolution,
-                                  max_steps=s.unet_steps, batch_size=min(s.unet_batch, len(images)), lr=s.unet_lr,
-                                  uncond_prob=s.uncond_prob, seed=s.seed, checkpoint_every=s.unet_steps,
-                                  keep_checkpoints=1, encode_batch_size=64, cpu=True, report_to="none",
-                                  progress=progress)
-    result = train_generator(config, plain, images)
+    config = GeneratorTrainConfig(output_dir=str(run / "train"), generator=str(tmp),
+                                  resolution=read_recipe(base_dir).resolution, max_steps=s.unet_steps,
+                                  batch_size=min(s.unet_batch, len(images)), lr=s.unet_lr, uncond_prob=s.uncond_prob,
+                                  seed=s.seed, checkpoint_every=s.unet_steps, keep_checkpoints=1,
+                                  encode_batch_size=64, cpu=True, report_to="none", progress=progress)
+    result = train_generator(config, plain, images, unet_source=base_dir / "unet")
     shutil.rmtree(tmp / "unet")
     shutil.copytree(result.final_dir / "unet", tmp / "unet")
-    report = {"steps": result.steps, "last_loss": round(result.last_loss, 5), "train_images": len(images),
-              "seconds": round(time.time() - start, 1)}
-    _finish(tmp, folder, settings, report)
+    report = {"base": str(base_dir), "steps": result.steps, "last_loss": round(result.last_loss, 5),
+              "train_images": len(images), "seconds": round(time.time() - start, 1)}
+    finish_stage(tmp, folder, settings, report)
     shutil.rmtree(run)
     return folder, report
 
 
 def generate_world_targets(out_dir: Path, s: CIGStageSettings, generator_dir: Path, generator_key: str, backbone,
-                           phi, splits: list, progress: bool) -> tuple[dict[str, Path], dict]:
+                           phi, splits: list, progress: bool, resolution: int) -> tuple[dict[str, Path], dict]:
     """Sub-stage 4: pseudo targets of every split into `out_dir/pseudo/<split>/` (resumable).
 
     Returns:
@@ -260,13 +210,13 @@ def generate_world_targets(out_dir: Path, s: CIGStageSettings, generator_dir: Pa
     """
     root = out_dir / "pseudo"
     owner = root / "generator.json"
-    wanted = {"generator": generator_key, "gen": [s.gen_steps, s.guidance, s.dark_threshold, s.seed, s.resolution]}
+    wanted = {"generator": generator_key, "gen": [s.gen_steps, s.guidance, s.dark_threshold, s.seed, resolution]}
     if root.exists() and (not owner.is_file() or json.loads(owner.read_text()) != wanted):
         shutil.rmtree(root)  # images of another generator or other options: never mix them
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(owner, wanted)
     pipe = load_generator(generator_dir)
-    config = GenerationConfig(steps=s.gen_steps, guidance=s.guidance, height=s.resolution, width=s.resolution,
+    config = GenerationConfig(steps=s.gen_steps, guidance=s.guidance, height=resolution, width=resolution,
                               batch_size=s.gen_batch, seed=s.seed, dark_threshold=s.dark_threshold, max_retries=2)
     conditioner = ComposedConditioner(backbone, phi, backbone, phi)
     dirs, counts = {}, {}
@@ -336,9 +286,9 @@ def pseudo_target_similarity(evaluator, pseudo_dir: Path, backbone, seed: int = 
 
 
 def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list, cache, out_dir: Path,
-                  fast: bool = False, progress: bool = True, settings: CIGStageSettings | None = None,
+                  base_dir: Path, fast: bool = False, progress: bool = True, settings: CIGStageSettings | None = None,
                   threads: int | None = 1, examples: int = 8) -> dict:
-    """CIG on the synthetic world: train (or reuse) VAE + UNet, generate pseudo targets, fuse, evaluate.
+    """CIG on the synthetic world: fine-tune (or reuse) the base generator, generate pseudo targets, fuse, evaluate.
 
     Args:
         world_dir: the demo's world folder (holding `data/cirr`).
@@ -347,6 +297,7 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
         splits: the reported splits (with targets), e.g. `load_benchmark("cirr", root, "val")`.
         cache: the demo's `FeatureCache`.
         out_dir: the stage folder (sub-stages and `zscir_done.json`).
+        base_dir: the base generator (`world_generator.world_generator_base`), trained with this backbone's text tower.
         fast: a smoke-test recipe (`default_settings(True)`), ignored when `settings` is given.
         progress: tqdm bars.
         settings: the recipe (default `default_settings(fast)`).
@@ -365,6 +316,7 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
     out_dir, world_dir = Path(out_dir), Path(world_dir)
     marker_settings = {"stage": asdict(s), "text": backbone.text_fingerprint(),
                        "vision": backbone.vision_fingerprint(), "phi": fingerprint_module(phi),
+                       "base": base_fingerprint(base_dir),
                        "world": str(world_dir.resolve()),
                        "splits": [[sp.name, len(sp.queries)] for sp in splits], "examples": examples}
     marker_settings = _as_json(marker_settings)
@@ -383,15 +335,14 @@ def run_cig_stage(world_dir: Path, backbone, phi: torch.nn.Module, splits: list,
         selection, train, held = selection_split(world_dir / "data" / "cirr", s.selection_every, s.selection_queries)
         images = generator_images(train, held, s.train_images)
         check = [train.images[n] for n in sorted(held)][:200]
-        vae_dir, vae_report = train_world_vae(out_dir, s, images, check, progress)
+        resolution = read_recipe(base_dir).resolution
+        vae_report = base_vae_check(base_dir, check, resolution, s.seed)
         t = lap("vae", t)
-        gen_dir, gen_report = train_world_generator(out_dir, s, backbone, phi, vae_dir,
-                                                    json.loads((vae_dir / DONE).read_text())["settings"]["key"],
-                                                    images, progress)
+        gen_dir, gen_report = finetune_world_generator(out_dir, s, backbone, phi, base_dir, images, progress)
         t = lap("unet", t)
         gen_key = json.loads((gen_dir / DONE).read_text())["settings"]["key"]
         dirs, counts = generate_world_targets(out_dir, s, gen_dir, gen_key, backbone, phi, [selection, *splits],
-                                              progress)
+                                              progress, resolution)
         t = lap("generate", t)
         evaluators = {sp.name: Evaluator(backbone, sp, cache) for sp in [selection, *splits]}
         queries = {name: pseudo_target_queries(ev, phi, dirs[name]) for name, ev in evaluators.items()}

@@ -30,6 +30,7 @@ from zscir.demo.acceptance import acceptance, mean_std_rows
 from zscir.demo.calibration import REAL_BASELINES, REAL_CLIP, layout_properties, self_retrieval, world_clip_geometry
 from zscir.demo.methods import MethodBudget
 from zscir.demo.report import cirr_edit_types, format_results_table, query_grid, recall_by_edit_type
+from zscir.demo.world_generator import world_generator_base
 from zscir.demo.world_models import build_world_data, world_clip
 from zscir.errors import ZscirError
 from zscir.evaluation.metrics import mean_metrics
@@ -54,7 +55,9 @@ class DemoConfig:
         out_dir: where results.json, table.txt and the PNG grid go (default `<cache>/demo-results[-fast]`).
         seed: world seed (the first one with `seeds` > 1).
         seeds: repeat world, training and evaluation for seeds `seed`, `seed + 1`, ... and report mean ± std.
-        train_clip: train the world CLIP from scratch instead of unpacking the shipped one.
+        train_clip: train the world CLIP from scratch instead of unpacking the shipped one (the base generator
+            is then trained here too: it is tied to the CLIP's text tower).
+        train_generator: pretrain the base generator here instead of using the shipped one.
         progress: show progress bars.
         budget: the methods' training sizes.
         parallel: on a machine with 2+ cores, run the SEARLE stage in a second process beside LinCIR, RTD
@@ -68,6 +71,7 @@ class DemoConfig:
     seed: int = 0
     seeds: int = 1
     train_clip: bool = False
+    train_generator: bool = False
     progress: bool = True
     budget: MethodBudget = field(default_factory=MethodBudget)
     parallel: bool = True
@@ -220,6 +224,11 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
                     for label, row in cig["rows"].items():
                         rows[label] = row
                         _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
+        main_oti = {}
+        if searle_job is not None:
+            with timer("searle-oti (main)"):
+                main_oti, _ = searle_oti_row(world, {b: evaluators[b] for b in SEARLE_OTI_IN_MAIN},
+                                             methods.world_concept_bank(backbone), budget, config.progress)
     except BaseException:
         if searle_job is not None:
             searle_job.stop()
@@ -236,6 +245,7 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
         cirr_results.update(searle["cirr_results"])
         pseudo_token.update(searle["pseudo_token"])
         if searle_job is not None:  # its own wall time, beside LinCIR-RTD-CIG; then how long it was waited for
+            rows["SEARLE-OTI"].update(main_oti)
             timer.seconds["searle waited"] = timer.seconds.pop("searle", 0.0)
             timer.seconds["searle (parallel)"] = searle["seconds"]
     rows = {label: rows[label] for label in sorted(rows, key=_row_order)}
@@ -297,12 +307,16 @@ def evaluate_method(evaluators: dict, label: str, per_split_options=None, **opti
         row[bench] = mean_metrics([r.metrics for r in results]) if len(results) > 1 else results[0].metrics
         if bench == "cirr":
             cirr_result = results[0]
-    _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
+    if "cirr" in row:
+        _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
     return row, cirr_result
 
 
-def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodBudget, progress: bool) -> dict:
+def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodBudget, progress: bool,
+                 oti_benchmarks: tuple[str, ...] | None = None) -> dict:
     """SEARLE-OTI (each reference inverted) and SEARLE (a Phi distilled from OTI tokens of training images).
+
+    `oti_benchmarks`: the benchmarks of the SEARLE-OTI row (default all; see `searle_oti_row`).
 
     Returns:
         {"rows": {label: row}, "cirr_results": {label: CIRR result}, "pseudo_token": {"SEARLE": self-retrieval},
@@ -313,8 +327,8 @@ def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodB
     bank = methods.world_concept_bank(backbone)
     rows, cirr_results = {}, {}
     label = "SEARLE-OTI"
-    rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", per_split_options=lambda ev: {
-        "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, progress)})
+    chosen = {b: evs for b, evs in evaluators.items() if oti_benchmarks is None or b in oti_benchmarks}
+    rows[label], cirr_results[label] = searle_oti_row(world, chosen, bank, budget, progress)
     phi = methods.searle_phi(world, backbone, cache, bank, budget, progress)
     label = "SEARLE (Phi distilled here)"
     rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", phi=phi)
@@ -323,12 +337,28 @@ def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodB
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def searle_oti_row(world: Path, evaluators: dict, bank, budget: MethodBudget, progress: bool) -> tuple[dict, object]:
+    """The SEARLE-OTI row on `evaluators`' benchmarks: every reference inverted (resumable token stores).
+
+    Returns:
+        (row {benchmark: metrics}, the CIRR-format val's result or None).
+    """
+    return evaluate_method(evaluators, "SEARLE-OTI", method="phi", per_split_options=lambda ev: {
+        "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, progress)})
+
+
+# With SEARLE in a second process, the main process inverts these benchmarks' references itself, after CIG:
+# the two processes then end at about the same time (measured, BENCHMARKS.md).
+SEARLE_OTI_IN_MAIN = ("circo",)
+
+
 def start_searle_worker(world: Path, clip_dir: Path, budget: MethodBudget, progress: bool, threads: int):
     """`searle_stage` in a second process (spawned, so no torch thread pool is forked).
 
     The worker loads the same world CLIP and reads the image features the baselines cached; it shares
-    no trained artefact with LinCIR, RTD or CIG. Returns a `SearleWorker`: `.result()` waits for the
-    stage's dict (re-raising the worker's error), `.stop()` ends the worker early.
+    no trained artefact with LinCIR, RTD or CIG; its SEARLE-OTI row leaves out SEARLE_OTI_IN_MAIN. Returns a
+    `SearleWorker`: `.result()` waits for the stage's dict (re-raising the worker's error), `.stop()` ends the
+    worker early.
     """
     import multiprocessing
 
@@ -374,7 +404,8 @@ def _searle_worker(connection, world: str, clip_dir: str, budget: dict, progress
         backbone = Backbone.load(clip_dir)
         cache = FeatureCache(world_dir / "features", progress=progress)
         evaluators = world_evaluators(backbone, world_dir / "data", cache)
-        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress)
+        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress,
+                              tuple(b for b in evaluators if b not in SEARLE_OTI_IN_MAIN))
         # plain pickle bytes: tensors travel by value (the pipe's own pickler would pass file descriptors
         # of shared memory, which vanish when this process ends)
         connection.send_bytes(pickle.dumps(("ok", result)))
@@ -440,10 +471,14 @@ def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget)
     except ImportError:
         _say("CIG stage not available in this build; skipped")
         return None
-    _say("CIG: training the tiny generator (VAE + UNet), generating pseudo targets, fusing")
+    base_dir, base = world_generator_base(Path(config.cache_dir), backbone, config.fast, config.train_generator,
+                                          config.progress)
+    _say(f"CIG: base generator ({base['source']}) → {base_dir}; fine-tuning its UNet on 'a photo of $', "
+         "generating pseudo targets, fusing")
     cirr_val = evaluators["cirr"][0].full_split
-    report = run_cig_stage(world, backbone, phi, [cirr_val], cache, world / "cig", fast=config.fast,
+    report = run_cig_stage(world, backbone, phi, [cirr_val], cache, world / "cig", base_dir, fast=config.fast,
                            progress=config.progress)
+    report = {**report, "base_generator": base}
     rows = {label: {"cirr": by_split[cirr_val.name]} for label, by_split in report["rows"].items()}
     pseudo_dir = report["pseudo_dir"][cirr_val.name]
     examples = {q.query_id: image_path(pseudo_dir, q.query_id) for q in cirr_val.queries}

@@ -8,6 +8,9 @@ noise-prediction loss of latent diffusion:
     z_t = DDPM.add_noise(z0, ε, t)
     loss = MSE(UNet(z_t, t, prompt_embeds, pooled, time_ids), ε)     (or the velocity for v-prediction)
 
+With `captions` (one text per image) the conditioning is that plain text instead: the pretraining of a
+base generator from captions, as stock SDXL was trained (the synthetic world's shipped generator).
+
 Only the UNet trains. The VAE latent distribution (mean, std) and the conditioning of every
 training image are computed ONCE in `setup` (frozen VAE, towers and Phis) and cached on disk,
 keyed by the fingerprints of those models and the image list; a step only samples a latent from
@@ -64,14 +67,18 @@ class GeneratorTask(TrainTask):
         conditioner: a `ComposedConditioner` whose template is the training prompt ("a photo of $").
         image_paths: the training images.
         unet_source: start from this UNet instead of the generator's (e.g. to continue training).
+        captions: one caption per image: condition on it as plain text (no pseudo token; the Phis unused).
     """
 
     def __init__(self, config: GeneratorTrainConfig, conditioner, image_paths: Sequence[str | Path],
-                 unet_source: str | Path | None = None):
+                 unet_source: str | Path | None = None, captions: Sequence[str] | None = None):
         if not image_paths:
             raise ZscirError("train-generator: no training images")
+        if captions is not None and len(captions) != len(image_paths):
+            raise ZscirError(f"train-generator: {len(captions)} captions for {len(image_paths)} images")
         self.config, self.conditioner = config, conditioner
         self.image_paths = [Path(p) for p in image_paths]
+        self.captions = None if captions is None else [str(c) for c in captions]
         self.unet_source = unet_source
         self.cache: dict[str, torch.Tensor] = {}
 
@@ -99,6 +106,8 @@ class GeneratorTask(TrainTask):
         parts = [fingerprint_module(vae), c.backbone_1.text_fingerprint(), c.backbone_1.vision_fingerprint(),
                  c.backbone_2.text_fingerprint(), c.backbone_2.vision_fingerprint(), fingerprint_module(c.phi_1),
                  fingerprint_module(c.phi_2), c.template.text, str(self.config.resolution), f"pad={c.pad_id}"]
+        if self.captions is not None:
+            parts.append("captions:" + hashlib.sha256("\n".join(self.captions).encode()).hexdigest())
         parts += [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.image_paths]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
@@ -116,8 +125,11 @@ class GeneratorTask(TrainTask):
                 dist = vae.encode(pixels).latent_dist
             means.append(dist.mean.float().cpu())
             stds.append(dist.std.float().cpu())
-            v1, v2 = self.conditioner.pseudo_tokens(images)
-            cond = self.conditioner.encode([self.conditioner.template.format("")] * len(images), v1, v2)
+            if self.captions is None:
+                v1, v2 = self.conditioner.pseudo_tokens(images)
+                cond = self.conditioner.encode([self.conditioner.template.format("")] * len(images), v1, v2)
+            else:
+                cond = self.conditioner.encode(self.captions[start : start + step], None, None)
             states.append(cond.prompt_embeds)
             pooled.append(cond.pooled_prompt_embeds)
         return {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds),
@@ -194,13 +206,15 @@ class GeneratorTask(TrainTask):
         """`folder/unet` in diffusers format (use with `zscir generate --unet folder`)."""
         model.save_pretrained(str(folder / "unet"))
         write_json_atomic(folder / "generator.json", {"base": str(self.config.generator),
-                                                      "template": self.conditioner.template.text,
+                                                      "template": self.conditioner.template.text
+                                                      if self.captions is None else None,
+                                                      "captions": self.captions is not None,
                                                       "pad_id": self.conditioner.pad_id,
                                                       "resolution": self.config.resolution})
 
 
 def train_generator(config: GeneratorTrainConfig, conditioner, image_paths: Sequence[str | Path],
-                    unet_source: str | Path | None = None):
+                    unet_source: str | Path | None = None, captions: Sequence[str] | None = None):
     """Fine-tune the generator UNet on `image_paths` with the shared loop.
 
     Args:
@@ -208,7 +222,8 @@ def train_generator(config: GeneratorTrainConfig, conditioner, image_paths: Sequ
         conditioner: `ComposedConditioner` (its template should be the training prompt, "a photo of $").
         image_paths: training images.
         unet_source: optional starting UNet (folder).
+        captions: one caption per image to condition on instead (pretraining a base generator).
     Returns:
         The loop's `TrainResult`; the UNet is in `result.final_dir / "unet"`.
     """
-    return train(GeneratorTask(config, conditioner, image_paths, unet_source), config)
+    return train(GeneratorTask(config, conditioner, image_paths, unet_source, captions), config)
