@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from zscir.errors import DataError, ZscirError, require
 from zscir.models.phi import Phi, backbone_identity, load_inversion_network, save_published_phi
-from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
+from zscir.models.pseudo_tokens import encode_in_length_buckets
 from zscir.models.tokenizer import pseudo_word_counts
 from zscir.retrieval.features import FeatureCache
 from zscir.training.config import LinCIRConfig
@@ -311,7 +311,7 @@ class LinCIRTask(PhiTask):
         ids, e = batch
         u = torch.rand(e.shape[0], 1, device=e.device) * self.noise_scale  # one scale per sample
         v = model(e + u * torch.randn_like(e))  # the prepared (DDP) Phi
-        out = encode_with_pseudo_tokens(self.backbone.text, ids, v, self.backbone.pseudo_token_id).text_embeds
+        out = encode_in_length_buckets(self.backbone.text, ids, v, self.backbone.pseudo_token_id).text_embeds
         return F.mse_loss(out.float(), e.float())
 
 

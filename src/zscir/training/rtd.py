@@ -29,7 +29,7 @@ from zscir.compose import PromptTemplate
 from zscir.data.records import strip_caption
 from zscir.errors import DataError
 from zscir.models.phi import check_fits
-from zscir.models.pseudo_tokens import encode_with_pseudo_tokens
+from zscir.models.pseudo_tokens import encode_in_length_buckets
 from zscir.models.text_tower import load_text_tower, save_text_tower
 from zscir.retrieval.features import FeatureCache
 from zscir.training.config import RTDConfig
@@ -143,7 +143,8 @@ class ComposedTextEncoder(torch.nn.Module):
     """ψ' as one module whose `forward(input_ids, pseudo_tokens)` is the pseudo-token pass.
 
     The loop's DDP wrapper wraps this module, so calling it synchronises ψ' gradients across
-    processes (calling `encode_with_pseudo_tokens(wrapper.module.tower, ...)` would not).
+    processes (calling `encode_in_length_buckets(wrapper.module.tower, ...)` would not). Rows go through in
+    length buckets: the batch holds long composed prompts and the short "a photo of $" rows.
     """
 
     def __init__(self, tower: torch.nn.Module, pseudo_token_id: int):
@@ -153,7 +154,7 @@ class ComposedTextEncoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pseudo_tokens: torch.Tensor) -> torch.Tensor:
         """[N, L] ids and [N, H] pseudo tokens → [N, P] text embeddings (differentiable in the tower)."""
-        return encode_with_pseudo_tokens(self.tower, input_ids, pseudo_tokens, self.pseudo_token_id).text_embeds
+        return encode_in_length_buckets(self.tower, input_ids, pseudo_tokens, self.pseudo_token_id).text_embeds
 
 
 @dataclass
