@@ -84,3 +84,17 @@ def test_shipped_base_is_the_code_recipe_for_the_shipped_clip_and_reads_its_capt
     untrained = denoising_loss(SHIPPED_GENERATOR, shipped, paths, captions, unet_dir=random_dir)
     assert trained["conditioned"] < 0.5 * untrained["conditioned"]
     assert trained["conditioned"] < trained["unconditioned"]
+
+
+def test_train_world_generator_command_trains_a_loadable_base(tiny_clip_dir, tmp_path, capsys):
+    from zscir.cli import main
+    from zscir.demo.world_generator import BASE_LOG, read_recipe
+
+    out = tmp_path / "base"
+    assert main(["train-world-generator", "--output-dir", str(out), "--clip", str(tiny_clip_dir), "--scenes", "8",
+                 "--vae-steps", "2", "--unet-steps", "2", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["train_images"] == 8 and report["unet"]["steps"] == 2
+    assert read_recipe(out).images == 8 and (out / "unet" / "config.json").is_file()
+    assert json.loads((out / BASE_LOG).read_text())["report"] == report
+    assert main(["train-world-generator", "--output-dir", str(out), "--clip", str(tiny_clip_dir)]) == 2  # not empty

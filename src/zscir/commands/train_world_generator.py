@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clip", default=None, metavar="DIR",
                         help="world CLIP folder whose text tower conditions the generator (default: the shipped "
                         "world CLIP, unpacked into the zscir cache)")
-    for name, what in (("images", "world scenes to pretrain on"), ("vae-steps", "VAE training steps"),
+    for name, what in (("scenes", "world scenes to pretrain on"), ("vae-steps", "VAE training steps"),
                        ("unet-steps", "UNet training steps")):
         parser.add_argument(f"--{name}", type=int, default=None, metavar="N", help=f"{what} (default: the recipe's)")
     add(parser, "seed", help="scenes, initialisation and training seed (default: the recipe's)")
@@ -42,10 +42,10 @@ def run(args) -> int:
     from zscir.models.backbone import Backbone
     from zscir.registry import default_cache_dir
 
-    changes = {k: v for k, v in (("images", args.images), ("vae_steps", args.vae_steps),
+    changes = {k: v for k, v in (("images", args.scenes), ("vae_steps", args.vae_steps),
                                  ("unet_steps", args.unet_steps), ("seed", args.seed)) if v is not None}
     if any(v < 1 for k, v in changes.items() if k != "seed") or args.threads < 1:
-        raise ZscirError("--images, --vae-steps, --unet-steps and --threads must be at least 1")
+        raise ZscirError("--scenes, --vae-steps, --unet-steps and --threads must be at least 1")
     out = Path(args.output_dir)
     if out.exists() and any(out.iterdir()):
         raise ZscirError(f"{out}: folder exists and is not empty; choose a new folder")

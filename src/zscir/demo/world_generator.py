@@ -240,8 +240,8 @@ def train_generator_base(out_dir: Path, backbone: Backbone, recipe: GeneratorBas
     vae = build_tiny_vae(size, seed=recipe.seed)
     vae.save_pretrained(str(random_vae))
     vae_config = VAETrainConfig(output_dir=str(work / "vae-run"), vae=str(random_vae), resolution=recipe.resolution,
-                                max_steps=recipe.vae_steps, batch_size=recipe.vae_batch, lr=recipe.vae_lr,
-                                kl_weight=recipe.kl_weight, seed=recipe.seed, checkpoint_every=recipe.vae_steps,
+                                max_steps=recipe.vae_steps, batch_size=min(recipe.vae_batch, len(train_paths)),
+                                lr=recipe.vae_lr, kl_weight=recipe.kl_weight, seed=recipe.seed, checkpoint_every=recipe.vae_steps,
                                 keep_checkpoints=1, resume=True, cpu=True, report_to="none", progress=progress)
     vae_result = train_vae(vae_config, train_paths)
     trained_vae = AutoencoderKL.from_pretrained(str(vae_result.final_dir / "vae"))
@@ -266,7 +266,7 @@ def train_generator_base(out_dir: Path, backbone: Backbone, recipe: GeneratorBas
     unet_start = time.time()
     unet_config = GeneratorTrainConfig(output_dir=str(work / "unet-run"), generator=str(pipeline),
                                        resolution=recipe.resolution, max_steps=recipe.unet_steps,
-                                       batch_size=recipe.unet_batch, lr=recipe.unet_lr,
+                                       batch_size=min(recipe.unet_batch, len(train_paths)), lr=recipe.unet_lr,
                                        uncond_prob=recipe.uncond_prob, seed=recipe.seed,
                                        checkpoint_every=max(1, recipe.unet_steps // 5), keep_checkpoints=1,
                                        encode_batch_size=64, resume=True, cpu=True, report_to="none",
