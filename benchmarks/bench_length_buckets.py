@@ -66,8 +66,8 @@ def main() -> None:
                 mode(fn)
                 key = (mode.__name__, fn.__name__)
                 best[key] = min(best.get(key, float("inf")), time.perf_counter() - start)
-    parts = [f"bench_length_buckets B={args.batch} threads={args.threads} mean_len {float(ends.float().mean() + 1):.1f} "
-             f"max_len {int(ends.max()) + 1}"]
+    parts = [f"bench_length_buckets B={args.batch} threads={args.threads} "
+             f"mean_len {float(ends.float().mean() + 1):.1f} max_len {int(ends.max()) + 1}"]
     for mode in ("train", "infer"):
         a, b = best[(mode, "padded")], best[(mode, "buckets")]
         parts.append(f"{mode}: padded {a:.3f} s buckets {b:.3f} s ({a / b:.2f}x)")

@@ -241,8 +241,9 @@ def train_generator_base(out_dir: Path, backbone: Backbone, recipe: GeneratorBas
     vae.save_pretrained(str(random_vae))
     vae_config = VAETrainConfig(output_dir=str(work / "vae-run"), vae=str(random_vae), resolution=recipe.resolution,
                                 max_steps=recipe.vae_steps, batch_size=min(recipe.vae_batch, len(train_paths)),
-                                lr=recipe.vae_lr, kl_weight=recipe.kl_weight, seed=recipe.seed, checkpoint_every=recipe.vae_steps,
-                                keep_checkpoints=1, resume=True, cpu=True, report_to="none", progress=progress)
+                                lr=recipe.vae_lr, kl_weight=recipe.kl_weight, seed=recipe.seed,
+                                checkpoint_every=recipe.vae_steps, keep_checkpoints=1, resume=True, cpu=True,
+                                report_to="none", progress=progress)
     vae_result = train_vae(vae_config, train_paths)
     trained_vae = AutoencoderKL.from_pretrained(str(vae_result.final_dir / "vae"))
     vae_report = {"recon_mse_random": round(reconstruction_mse(vae, check), 5),
