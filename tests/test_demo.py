@@ -76,12 +76,22 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
     assert f"world CLIP on {again['calibration']['clip']['n']:.0f} held-out pairs" in summary  # not "1000.0"
 
 
-def test_multi_seed_summary_names_each_seeds_cig_weight():
+def test_multi_seed_summary_names_each_seeds_cig_weight_and_averages_the_pseudo_targets():
     from zscir.demo.pipeline import render_summary
 
-    results = {"seeds": [0, 1], "seconds": {"total": 1.0}, "cig": {"alpha": 1.0},
-               "per_seed": {"0": {"cig": {"alpha": 1.0}}, "1": {"cig": {"alpha": 0.8}}}}
-    assert "α = 1.0 / 0.8 (seeds 0 / 1)" in render_summary(results, "")
+    def sim(to_target, closer):
+        return {"pseudo_target_similarity": {"cirr/val": {"to_target": to_target, "to_random": 0.7,
+                                                          "to_reference": 0.75, "closer_to_target": closer, "n": 5}}}
+
+    results = {"seeds": [0, 1], "seconds": {"total": 1.0}, "cig": {"alpha": 1.0, **sim(0.8, 60.0)},
+               "per_seed": {"0": {"cig": {"alpha": 1.0, **sim(0.8, 60.0)}},
+                            "1": {"cig": {"alpha": 0.8, **sim(0.9, 80.0)}}}}
+    summary = render_summary(results, "")
+    assert "α = 1.0 / 0.8 (seeds 0 / 1)" in summary
+    # the multi-seed results carry seed 0's own CIG report at the top: the line must average the seeds
+    assert "(cirr/val, mean of 2 seeds): CLIP cosine to the true target 0.850" in summary and "for 70.0%" in summary
+    single = render_summary({"seconds": {"total": 1.0}, "cig": {"alpha": 0.8, **sim(0.9, 80.0)}}, "")
+    assert "(cirr/val): CLIP cosine to the true target 0.900" in single and "α = 0.8," in single
 
 
 def test_demo_oti_folders_follow_the_settings(tmp_path, tiny_backbone):

@@ -5,7 +5,7 @@ Stages (each cached under `<cache>/world*/`, reused on rerun, resumable when int
   2. baselines: image only, text only, sum of normalised embeddings, and the text upper bound;
   3. LinCIR (Phi trained on the world's captions), LinCIR + RTD (text tower fine-tuned on triplets);
   4. SEARLE-OTI (per-image inversion) and SEARLE (Phi distilled here);
-  5. LinCIR + CIG (pseudo targets from a tiny SDXL-architecture generator trained here).
+  5. LinCIR + CIG (pseudo targets from the tiny SDXL: the shipped base, its UNet fine-tuned here).
 Numbers are computed by the run; nothing in the table is typed by hand.
 """
 
@@ -518,14 +518,21 @@ def render_summary(results: dict, table: str) -> str:
         lines.append(f"  {bench:9} {values['metric']:6} image only {values['image_only']:5.1f}  text only "
                      f"{values['text_only']:5.1f}  upper bound {values['upper_bound']:5.1f}  text/upper "
                      f"{values['text_over_upper']:.2f}  text/image {values['text_over_image']:.1f}{real}")
-    for split_name, sim in (results.get("cig") or {}).get("pseudo_target_similarity", {}).items():
-        if sim.get("n"):
-            lines.append(f"  CIG pseudo targets ({split_name}): CLIP cosine to the true target {sim['to_target']:.3f} "
-                         f"vs to a random gallery image {sim['to_random']:.3f} (to the reference "
-                         f"{sim['to_reference']:.3f}); closer to the target than to the random image for "
-                         f"{sim['closer_to_target']:.1f}%")
-    alphas = [(run.get("cig") or {}).get("alpha") for run in results.get("per_seed", {}).values()] if seeds else \
-        [(results.get("cig") or {}).get("alpha")]
+    cig_runs = [run.get("cig") or {} for run in results.get("per_seed", {}).values()] if seeds else \
+        [results.get("cig") or {}]
+    for split_name in (cig_runs[0] if cig_runs else {}).get("pseudo_target_similarity", {}):
+        sims = [run.get("pseudo_target_similarity", {}).get(split_name, {}) for run in cig_runs]
+        sims = [sim for sim in sims if sim.get("n")]
+        if not sims:
+            continue
+        mean = {k: sum(sim[k] for sim in sims) / len(sims) for k in ("to_target", "to_random", "to_reference",
+                                                                      "closer_to_target")}
+        over = f", mean of {len(sims)} seeds" if len(sims) > 1 else ""
+        lines.append(f"  CIG pseudo targets ({split_name}{over}): CLIP cosine to the true target "
+                     f"{mean['to_target']:.3f} vs to a random gallery image {mean['to_random']:.3f} (to the reference "
+                     f"{mean['to_reference']:.3f}); closer to the target than to the random image for "
+                     f"{mean['closer_to_target']:.1f}%")
+    alphas = [run.get("alpha") for run in cig_runs]
     if any(a is not None for a in alphas):
         shown = " / ".join(str(a) for a in alphas) + (" (seeds " + " / ".join(map(str, seeds)) + ")" if seeds else "")
         lines.append(f"  CIG fusion weight α = {shown}, chosen on held-out train queries; 1.0 = the pseudo target is "
