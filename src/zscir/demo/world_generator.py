@@ -132,17 +132,23 @@ def assemble_pipeline(backbone: Backbone, base_dir: Path, folder: Path, unet_dir
     Returns:
         The folder (loadable with `StableDiffusionXLPipeline.from_pretrained`).
     """
-    recipe = read_recipe(base_dir)
+    new_pipeline(backbone, folder, read_recipe(base_dir).size(), base_dir / "vae", seed)
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(unet_dir or base_dir / "unet", folder / "unet")
+    return folder
+
+
+def new_pipeline(backbone: Backbone, folder: Path, size: TinySDXLSize, vae_dir: Path, seed: int = 0) -> Path:
+    """A tiny SDXL pipeline folder (replaced): both text encoders = the backbone's text tower, the VAE of
+    `vae_dir`, a freshly initialised UNet (`seed`)."""
     if folder.exists():
         shutil.rmtree(folder)
     text_dir = _text_folder(backbone, folder.parent / f".{folder.name}-text")
     try:
-        build_tiny_sdxl(text_dir, None, folder, recipe.size(), seed=seed)
+        build_tiny_sdxl(text_dir, None, folder, size, seed=seed)
     finally:
         shutil.rmtree(text_dir, ignore_errors=True)
-    install_vae(folder, base_dir / "vae")
-    shutil.rmtree(folder / "unet")
-    shutil.copytree(unet_dir or base_dir / "unet", folder / "unet")
+    install_vae(folder, vae_dir)
     return folder
 
 
@@ -160,6 +166,13 @@ def read_recipe(base_dir: Path) -> GeneratorBaseRecipe:
     """The recipe a base folder was trained with."""
     fields = json.loads((Path(base_dir) / BASE_LOG).read_text())["recipe"]
     return GeneratorBaseRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def caption_conditioner(backbone: Backbone) -> ComposedConditioner:
+    """SDXL conditioning of plain captions by the backbone's text tower as both towers (no pseudo token, so
+    the Phis are unused placeholders)."""
+    no_phi = torch.nn.Identity()
+    return ComposedConditioner(backbone, no_phi, backbone, no_phi, PromptTemplate.named("plain"))
 
 
 def denoising_loss(base_dir: Path, backbone: Backbone, images: list[Path], captions: list[str],
@@ -180,8 +193,7 @@ def denoising_loss(base_dir: Path, backbone: Backbone, images: list[Path], capti
     vae = diffusers.AutoencoderKL.from_pretrained(str(Path(base_dir) / "vae")).eval()
     unet = diffusers.UNet2DConditionModel.from_pretrained(str(unet_dir or Path(base_dir) / "unet")).eval()
     scheduler = diffusers.DDPMScheduler.from_config(euler_scheduler().config)
-    no_phi = torch.nn.Identity()
-    conditioner = ComposedConditioner(backbone, no_phi, backbone, no_phi, PromptTemplate.named("plain"))
+    conditioner = caption_conditioner(backbone)
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.stack([image_to_pixels(load_image(p), recipe.resolution) for p in images])
     with torch.inference_mode():
@@ -256,14 +268,8 @@ def train_generator_base(out_dir: Path, backbone: Backbone, recipe: GeneratorBas
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     shutil.copytree(vae_result.final_dir / "vae", tmp / "vae")
-    text_dir = _text_folder(backbone, work / "text-tower")
-    pipeline = work / "pipeline"
-    if pipeline.exists():
-        shutil.rmtree(pipeline)
-    build_tiny_sdxl(text_dir, None, pipeline, size, seed=recipe.seed)
-    install_vae(pipeline, tmp / "vae")
-    no_phi = torch.nn.Identity()  # caption conditioning: no pseudo token, so no Phi
-    conditioner = ComposedConditioner(backbone, no_phi, backbone, no_phi, PromptTemplate.named("plain"))
+    pipeline = new_pipeline(backbone, work / "pipeline", size, tmp / "vae", recipe.seed)
+    conditioner = caption_conditioner(backbone)
     unet_start = time.time()
     unet_config = GeneratorTrainConfig(output_dir=str(work / "unet-run"), generator=str(pipeline),
                                        resolution=recipe.resolution, max_steps=recipe.unet_steps,
