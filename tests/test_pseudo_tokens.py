@@ -171,6 +171,7 @@ def test_length_buckets_equal_one_full_context_pass_and_keep_row_order(any_backb
     words = "the dog's red collar, on a small green mat; then a cat".split()
     prompts = [("a photo of $ that " + " ".join(words[: 1 + (7 * i) % len(words)])) for i in range(23)]
     prompts[5] = "$"
+    prompts[9] = "a photo of $, the $'s collar (red); then $."  # punctuation next to `$`, `$` three times
     ids = any_backbone.tokenize(prompts)
     tokens = torch.randn(len(prompts), any_backbone.hidden_size, generator=torch.Generator().manual_seed(0))
     full_tokens = tokens.clone().requires_grad_(True)

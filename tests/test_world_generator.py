@@ -39,15 +39,27 @@ def test_fast_base_pretrains_is_reused_and_assembles_a_loadable_pipeline(tiny_ba
 
 
 def test_a_base_of_another_text_tower_is_not_used(tiny_backbone, tmp_path, monkeypatch):
-    """The shipped base conditions on the shipped CLIP's text tower: any other CLIP gets a base trained here."""
+    """The shipped base conditions on the shipped CLIP's text tower: any other CLIP gets a base trained here,
+    the same CLIP gets the shipped folder itself (the full-size path, with the recipe shrunk to seconds)."""
     from zscir.demo import world_generator
 
-    monkeypatch.setattr(world_generator, "SHIPPED_GENERATOR", tmp_path / "shipped")
-    (tmp_path / "shipped").mkdir()
-    (tmp_path / "shipped" / world_generator.BASE_LOG).write_text(json.dumps({"text": "another tower", "report": {}}))
-    folder, report = world_generator.world_generator_base(tmp_path / "cache", tiny_backbone, progress=False,
-                                                          fast=True)
-    assert report["source"] == "trained here" and folder != tmp_path / "shipped"
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(world_generator, "SHIPPED_GENERATOR", shipped)
+    recipe_class, small = world_generator.GeneratorBaseRecipe, world_generator.fast_recipe()
+    monkeypatch.setattr(world_generator, "GeneratorBaseRecipe", lambda **fields: recipe_class(**fields) if fields
+                        else small)  # the default recipe, shrunk; read_recipe still builds any recipe
+    (shipped / world_generator.BASE_LOG).write_text(json.dumps({"text": "another tower", "report": {}}))
+    folder, report = world_generator.world_generator_base(tmp_path / "cache", tiny_backbone, progress=False)
+    assert report["source"] == "trained here" and folder != shipped and (folder / "unet").is_dir()
+
+    (shipped / world_generator.BASE_LOG).write_text(json.dumps({"text": tiny_backbone.text_fingerprint(),
+                                                                "report": {}}))
+    folder, report = world_generator.world_generator_base(tmp_path / "cache", tiny_backbone, progress=False)
+    assert report["source"] == "shipped" and folder == shipped
+    folder, report = world_generator.world_generator_base(tmp_path / "cache", tiny_backbone, train=True,
+                                                          progress=False)
+    assert report["source"] == "trained here"  # --train-generator retrains even when the shipped one fits
 
 
 def test_shipped_base_is_the_code_recipe_for_the_shipped_clip_and_reads_its_captions(tmp_path):
