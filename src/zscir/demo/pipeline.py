@@ -224,11 +224,10 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
                     for label, row in cig["rows"].items():
                         rows[label] = row
                         _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
-        main_oti = {}
         if searle_job is not None:
             with timer("searle-oti (main)"):
-                main_oti, _ = searle_oti_row(world, {b: evaluators[b] for b in SEARLE_OTI_IN_MAIN},
-                                             methods.world_concept_bank(backbone), budget, config.progress)
+                invert_references(world, evaluators, methods.world_concept_bank(backbone), budget,
+                                  config.progress, SEARLE_OTI_IN_MAIN)
     except BaseException:
         if searle_job is not None:
             searle_job.stop()
@@ -241,13 +240,15 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
             else:
                 searle = searle_job.result()
                 torch.set_num_threads(threads)
+        if searle_job is not None:  # its own wall time, beside LinCIR-RTD-CIG; then how long it was waited for
+            timer.seconds["searle waited"] = timer.seconds.pop("searle", 0.0)
+            timer.seconds["searle (parallel)"] = searle["seconds"]
+            with timer("searle-oti row"):  # every reference is inverted by now (the two processes' stores)
+                searle["rows"]["SEARLE-OTI"], searle["cirr_results"]["SEARLE-OTI"] = searle_oti_row(
+                    world, evaluators, methods.world_concept_bank(backbone), budget, config.progress)
         rows.update(searle["rows"])
         cirr_results.update(searle["cirr_results"])
         pseudo_token.update(searle["pseudo_token"])
-        if searle_job is not None:  # its own wall time, beside LinCIR-RTD-CIG; then how long it was waited for
-            rows["SEARLE-OTI"].update(main_oti)
-            timer.seconds["searle waited"] = timer.seconds.pop("searle", 0.0)
-            timer.seconds["searle (parallel)"] = searle["seconds"]
     rows = {label: rows[label] for label in sorted(rows, key=_row_order)}
     cirr_results = {label: cirr_results[label] for label in sorted(cirr_results, key=_row_order)}
     calibration["pseudo_token"] = pseudo_token
@@ -313,10 +314,12 @@ def evaluate_method(evaluators: dict, label: str, per_split_options=None, **opti
 
 
 def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodBudget, progress: bool,
-                 oti_benchmarks: tuple[str, ...] | None = None) -> dict:
+                 invert_only: tuple[str, ...] | None = None) -> dict:
     """SEARLE-OTI (each reference inverted) and SEARLE (a Phi distilled from OTI tokens of training images).
 
-    `oti_benchmarks`: the benchmarks of the SEARLE-OTI row (default all; see `searle_oti_row`).
+    `invert_only`: in the second process (`start_searle_worker`), the val splits whose references this call
+    inverts into their token stores; the SEARLE-OTI row is then left to the main process, which inverts the
+    others (SEARLE_OTI_IN_MAIN) and evaluates the row from the stores. None = invert all, evaluate the row here.
 
     Returns:
         {"rows": {label: row}, "cirr_results": {label: CIRR result}, "pseudo_token": {"SEARLE": self-retrieval},
@@ -326,9 +329,10 @@ def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodB
     _say("SEARLE: OTI on reference images, then a Phi distilled from OTI tokens")
     bank = methods.world_concept_bank(backbone)
     rows, cirr_results = {}, {}
-    label = "SEARLE-OTI"
-    chosen = {b: evs for b, evs in evaluators.items() if oti_benchmarks is None or b in oti_benchmarks}
-    rows[label], cirr_results[label] = searle_oti_row(world, chosen, bank, budget, progress)
+    if invert_only is None:
+        rows["SEARLE-OTI"], cirr_results["SEARLE-OTI"] = searle_oti_row(world, evaluators, bank, budget, progress)
+    else:
+        invert_references(world, evaluators, bank, budget, progress, invert_only)
     phi = methods.searle_phi(world, backbone, cache, bank, budget, progress)
     label = "SEARLE (Phi distilled here)"
     rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", phi=phi)
@@ -338,26 +342,34 @@ def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodB
 
 
 def searle_oti_row(world: Path, evaluators: dict, bank, budget: MethodBudget, progress: bool) -> tuple[dict, object]:
-    """The SEARLE-OTI row on `evaluators`' benchmarks: every reference inverted (resumable token stores).
+    """The SEARLE-OTI row: every reference inverted (resumable token stores; inverted ones are reused).
 
     Returns:
-        (row {benchmark: metrics}, the CIRR-format val's result or None).
+        (row {benchmark: metrics}, the CIRR-format val's result).
     """
     return evaluate_method(evaluators, "SEARLE-OTI", method="phi", per_split_options=lambda ev: {
         "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, progress)})
 
 
-# With SEARLE in a second process, the main process inverts these benchmarks' references itself, after CIG:
-# the worker is the longer of the two (fresh-clone cold demo: CIRCO's 51 s moved, and the worker still ended
-# 70 s after the main chain; BENCHMARKS.md).
-SEARLE_OTI_IN_MAIN = ("circo",)
+def invert_references(world: Path, evaluators: dict, bank, budget: MethodBudget, progress: bool,
+                      splits: tuple[str, ...]) -> None:
+    """Invert the references of these val splits (`Split.name`) into their token stores, evaluating nothing."""
+    for ev in (ev for evs in evaluators.values() for ev in evs if ev.full_split.name in splits):
+        methods.searle_oti_tokens(world, ev, bank, budget, progress)
+
+
+# With SEARLE in a second process, the main process inverts these splits' references itself, after CIG. The
+# worker was the longer of the two: cold fresh-clone demo with CIRCO alone here, main chain 392 s vs worker
+# 477 s; each 200-reference split is about 54 s of OTI (BENCHMARKS.md).
+SEARLE_OTI_IN_MAIN = ("circo/val", "fashioniq/toptee/val")
 
 
 def start_searle_worker(world: Path, clip_dir: Path, budget: MethodBudget, progress: bool, threads: int):
     """`searle_stage` in a second process (spawned, so no torch thread pool is forked).
 
     The worker loads the same world CLIP and reads the image features the baselines cached; it shares
-    no trained artefact with LinCIR, RTD or CIG; its SEARLE-OTI row leaves out SEARLE_OTI_IN_MAIN. Returns a
+    no trained artefact with LinCIR, RTD or CIG; it inverts the references of every split but
+    SEARLE_OTI_IN_MAIN and leaves the SEARLE-OTI row to the main process. Returns a
     `SearleWorker`: `.result()` waits for the stage's dict (re-raising the worker's error), `.stop()` ends the
     worker early.
     """
@@ -405,8 +417,9 @@ def _searle_worker(connection, world: str, clip_dir: str, budget: dict, progress
         backbone = Backbone.load(clip_dir)
         cache = FeatureCache(world_dir / "features", progress=progress)
         evaluators = world_evaluators(backbone, world_dir / "data", cache)
-        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress,
-                              tuple(b for b in evaluators if b not in SEARLE_OTI_IN_MAIN))
+        splits = tuple(ev.full_split.name for evs in evaluators.values() for ev in evs
+                       if ev.full_split.name not in SEARLE_OTI_IN_MAIN)
+        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress, splits)
         # plain pickle bytes: tensors travel by value (the pipe's own pickler would pass file descriptors
         # of shared memory, which vanish when this process ends)
         connection.send_bytes(pickle.dumps(("ok", result)))
