@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 
 def test_modality_geometry_matches_a_loop_over_pairs():
@@ -74,7 +76,7 @@ def test_pack_and_unpack_world_clip_round_trip(tmp_path):
     from zscir.data.synthetic.corpora import clip_pair_sampler
     from zscir.demo.world_models import pack_world_clip, unpack_world_clip, world_tokenizer
     from zscir.models.backbone import Backbone
-    from zscir.models.factory import ClipSize
+    from zscir.models.factory import ClipSize, save_weights_fp16
     from zscir.training.clip import train_clip
     from zscir.training.config import ClipTrainConfig
 
@@ -85,6 +87,13 @@ def test_pack_and_unpack_world_clip_round_trip(tmp_path):
     package = pack_world_clip(trained, tmp_path / "package")
     stored = (package / "model.safetensors").stat().st_size
     assert stored < (trained / "model.safetensors").stat().st_size
+    key = "text_model.embeddings.token_embedding.weight.ids"
+    rows = load_file(str(package / "model.safetensors"))[key]
+    assert 0 < len(rows) < 1000  # only the rows training touched (of 49408)
+    half = tmp_path / "half"  # a run stored in fp16 (`train-clip --fp16`) packs the same rows
+    shutil.copytree(trained, half)
+    save_weights_fp16(half)
+    assert torch.equal(load_file(str(pack_world_clip(half, tmp_path / "package-half") / "model.safetensors"))[key], rows)
     rebuilt = unpack_world_clip(package, tmp_path / "rebuilt")
     a, b = Backbone.load(str(trained)), Backbone.load(str(rebuilt))
     texts = ["Make the circle green, and remove the star.", "a photo of $", "a red square on a white background"]

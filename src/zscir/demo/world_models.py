@@ -182,7 +182,8 @@ def pack_world_clip(trained: Path, package: Path) -> Path:
     initial = build_clip(tokenizer, config.size, seed=config.seed)
     init_geometry(initial, config)
     start = initial.state_dict()[key]
-    ids = torch.nonzero((tensors[key] != start).any(dim=1)).flatten()
+    # compared in the stored precision: a run saved with `train-clip --fp16` holds every row rounded
+    ids = torch.nonzero((tensors[key] != start.to(tensors[key].dtype)).any(dim=1)).flatten()
     packed = {k: v.half().contiguous() for k, v in tensors.items() if k != key and v.is_floating_point()}
     packed.update({k: v for k, v in tensors.items() if not v.is_floating_point()})
     packed[f"{key}.rows"] = tensors[key][ids].half().contiguous()
