@@ -93,7 +93,8 @@ def test_pack_and_unpack_world_clip_round_trip(tmp_path):
     half = tmp_path / "half"  # a run stored in fp16 (`train-clip --fp16`) packs the same rows
     shutil.copytree(trained, half)
     save_weights_fp16(half)
-    assert torch.equal(load_file(str(pack_world_clip(half, tmp_path / "package-half") / "model.safetensors"))[key], rows)
+    packed_half = pack_world_clip(half, tmp_path / "package-half") / "model.safetensors"
+    assert torch.equal(load_file(str(packed_half))[key], rows)
     rebuilt = unpack_world_clip(package, tmp_path / "rebuilt")
     a, b = Backbone.load(str(trained)), Backbone.load(str(rebuilt))
     texts = ["Make the circle green, and remove the star.", "a photo of $", "a red square on a white background"]
