@@ -179,7 +179,7 @@ def test_length_buckets_equal_one_full_context_pass_and_keep_row_order(any_backb
     full.square().sum().backward()
     bucket_tokens = tokens.clone().requires_grad_(True)
     bucketed = encode_in_length_buckets(any_backbone.text, ids, bucket_tokens, any_backbone.pseudo_token_id,
-                                        bucket_rows=3, max_buckets=5, min_saving=0.0).text_embeds
+                                        bucket_rows=3, max_buckets=5).text_embeds
     bucketed.square().sum().backward()
     torch.testing.assert_close(bucketed, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(bucket_tokens.grad, full_tokens.grad, atol=1e-5, rtol=1e-4)

@@ -18,7 +18,7 @@ from zscir.oti.concepts import (
     mask_concept,
 )
 from zscir.oti.optimise import OTIConfig, image_loss, initial_tokens, invert_images, token_embedding_std
-from zscir.oti.store import TokenStore, invert_to_store, oti_pseudo_tokens
+from zscir.oti.store import TokenStore, chunk_label, invert_to_store, oti_pseudo_tokens
 
 torch.set_num_threads(1)  # tiny tensors: one thread avoids OpenMP spinning on a shared 2-core machine
 
@@ -251,6 +251,30 @@ def test_store_resumes_and_refuses_other_settings(tiny_backbone, bank, tmp_path,
 
     with pytest.raises(ZscirError, match="other settings"):
         invert_to_store(tiny_backbone, names, embeds, bank, OTIConfig(steps=6, top_k=2), folder, progress=False)
+
+
+def test_chunk_claims_share_a_store_first_come_first_served(tiny_backbone, bank, tmp_path):
+    from zscir.oti.store import ChunkClaims
+
+    embeds = _embeds(5, tiny_backbone.projection_dim, seed=3)
+    names = [f"im{i}" for i in range(5)]
+    config = OTIConfig(steps=4, top_k=2, batch_size=2)
+    alone = invert_to_store(tiny_backbone, names, embeds, bank, config, tmp_path / "alone", chunk_size=2,
+                            progress=False).lookup(names)
+    folder, claims = tmp_path / "shared", ChunkClaims(tmp_path / "claims")
+    # another process of the run claimed the middle chunk (im2, im3) and died before writing it
+    other = ChunkClaims(tmp_path / "claims")
+    assert other.claim(folder, chunk_label(names, 2, 1)) and not other.claim(folder, chunk_label(names, 2, 1))
+    store = invert_to_store(tiny_backbone, names, embeds, bank, config, folder, chunk_size=2, progress=False,
+                            claims=claims)
+    assert store.inverted == 3 and sorted(store.index()) == ["im0", "im1", "im4"]  # its chunk is left alone
+    again = invert_to_store(tiny_backbone, names, embeds, bank, config, folder, chunk_size=2, progress=False,
+                            claims=claims)
+    assert again.inverted == 0  # every chunk is claimed now: nothing is inverted twice
+    store = invert_to_store(tiny_backbone, names, embeds, bank, config, folder, chunk_size=2, progress=False)
+    assert store.inverted == 2  # without claims the missing chunk is inverted; the result is the one-process run
+    torch.testing.assert_close(store.lookup(names), alone, atol=1e-6, rtol=0)
+    assert ChunkClaims(tmp_path / "claims-2").claim(folder, chunk_label(names, 2, 1))  # a new run, new claims
 
 
 def test_oti_pseudo_tokens_for_reference_images(tiny_backbone, bank, tmp_path, monkeypatch):

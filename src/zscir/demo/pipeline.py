@@ -12,7 +12,9 @@ Numbers are computed by the run; nothing in the table is typed by hand.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from zscir.evaluation.metrics import mean_metrics
 from zscir.evaluation.runner import Evaluator
 from zscir.generation.cig import image_path
 from zscir.models.backbone import Backbone
+from zscir.oti.store import ChunkClaims
 from zscir.retrieval.features import FeatureCache
 from zscir.utils.io import write_bytes_atomic, write_json_atomic
 
@@ -225,9 +228,9 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
                         rows[label] = row
                         _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
         if searle_job is not None:
-            with timer("searle-oti (main)"):
+            with timer("searle-oti (main)"):  # the references the worker has not claimed yet
                 invert_references(world, evaluators, methods.world_concept_bank(backbone), budget,
-                                  config.progress, SEARLE_OTI_IN_MAIN)
+                                  config.progress, searle_job.claims)
     except BaseException:
         if searle_job is not None:
             searle_job.stop()
@@ -246,6 +249,7 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
             with timer("searle-oti row"):  # every reference is inverted by now (the two processes' stores)
                 searle["rows"]["SEARLE-OTI"], searle["cirr_results"]["SEARLE-OTI"] = searle_oti_row(
                     world, evaluators, methods.world_concept_bank(backbone), budget, config.progress)
+            shutil.rmtree(searle_job.claims.folder, ignore_errors=True)
         rows.update(searle["rows"])
         cirr_results.update(searle["cirr_results"])
         pseudo_token.update(searle["pseudo_token"])
@@ -314,26 +318,26 @@ def evaluate_method(evaluators: dict, label: str, per_split_options=None, **opti
 
 
 def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodBudget, progress: bool,
-                 invert_only: tuple[str, ...] | None = None) -> dict:
-    """SEARLE-OTI (each reference inverted) and SEARLE (a Phi distilled from OTI tokens of training images).
+                 claims: ChunkClaims | None = None) -> dict:
+    """SEARLE (a Phi distilled from OTI tokens of training images) and SEARLE-OTI (each reference inverted).
 
-    `invert_only`: in the second process (`start_searle_worker`), the val splits whose references this call
-    inverts into their token stores; the SEARLE-OTI row is then left to the main process, which inverts the
-    others (SEARLE_OTI_IN_MAIN) and evaluates the row from the stores. None = invert all, evaluate the row here.
+    `claims`: in the second process (`start_searle_worker`), after the distillation this call inverts the
+    reference chunks it claims first; the main process does the same after CIG and then evaluates the
+    SEARLE-OTI row from the token stores. None = invert every reference and evaluate the row here.
 
     Returns:
         {"rows": {label: row}, "cirr_results": {label: CIRR result}, "pseudo_token": {"SEARLE": self-retrieval},
         "seconds": wall time}.
     """
     start = time.perf_counter()
-    _say("SEARLE: OTI on reference images, then a Phi distilled from OTI tokens")
+    _say("SEARLE: a Phi distilled from OTI tokens of training images, then OTI on reference images")
     bank = methods.world_concept_bank(backbone)
+    phi = methods.searle_phi(world, backbone, cache, bank, budget, progress)
     rows, cirr_results = {}, {}
-    if invert_only is None:
+    if claims is None:
         rows["SEARLE-OTI"], cirr_results["SEARLE-OTI"] = searle_oti_row(world, evaluators, bank, budget, progress)
     else:
-        invert_references(world, evaluators, bank, budget, progress, invert_only)
-    phi = methods.searle_phi(world, backbone, cache, bank, budget, progress)
+        invert_references(world, evaluators, bank, budget, progress, claims)
     label = "SEARLE (Phi distilled here)"
     rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", phi=phi)
     token = reference_self_retrieval(evaluators["cirr"][0], world / "data", backbone, phi)
@@ -352,43 +356,46 @@ def searle_oti_row(world: Path, evaluators: dict, bank, budget: MethodBudget, pr
 
 
 def invert_references(world: Path, evaluators: dict, bank, budget: MethodBudget, progress: bool,
-                      splits: tuple[str, ...]) -> None:
-    """Invert the references of these val splits (`Split.name`) into their token stores, evaluating nothing."""
-    for ev in (ev for evs in evaluators.values() for ev in evs if ev.full_split.name in splits):
-        methods.searle_oti_tokens(world, ev, bank, budget, progress)
+                      claims: ChunkClaims) -> None:
+    """Invert the reference chunks of every val split that this process claims first, evaluating nothing.
 
-
-# With SEARLE in a second process, the main process inverts these splits' references itself, after CIG. The
-# worker was the longer of the two: cold fresh-clone demo with CIRCO alone here, main chain 392 s vs worker
-# 477 s; each 200-reference split is about 54 s of OTI (BENCHMARKS.md).
-SEARLE_OTI_IN_MAIN = ("circo/val", "fashioniq/toptee/val")
+    Both demo processes call this (the worker after its distillation, the main process after CIG), so the
+    references go to whichever process is free: they end within one chunk of each other (BENCHMARKS.md).
+    """
+    for ev in (ev for evs in evaluators.values() for ev in evs):
+        methods.searle_oti_tokens(world, ev, bank, budget, progress, claims)
 
 
 def start_searle_worker(world: Path, clip_dir: Path, budget: MethodBudget, progress: bool, threads: int):
     """`searle_stage` in a second process (spawned, so no torch thread pool is forked).
 
     The worker loads the same world CLIP and reads the image features the baselines cached; it shares
-    no trained artefact with LinCIR, RTD or CIG; it inverts the references of every split but
-    SEARLE_OTI_IN_MAIN and leaves the SEARLE-OTI row to the main process. Returns a
+    no trained artefact with LinCIR, RTD or CIG. It shares the references' OTI with the main process through
+    `SearleWorker.claims` (a new claim folder under `world/runs/oti-claims`) and leaves the SEARLE-OTI row
+    to it. Returns a
     `SearleWorker`: `.result()` waits for the stage's dict (re-raising the worker's error), `.stop()` ends the
     worker early.
     """
     import multiprocessing
 
+    claims_root = world / "runs" / "oti-claims"
+    shutil.rmtree(claims_root, ignore_errors=True)  # a killed run's claims
+    claims = ChunkClaims(claims_root / f"{os.getpid()}-{time.time_ns()}")
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_searle_worker, name="zscir-demo-searle", daemon=True,
-                              args=(send, str(world), str(clip_dir), asdict(budget), progress, threads))
+                              args=(send, str(world), str(clip_dir), asdict(budget), progress, threads,
+                                    str(claims.folder)))
     process.start()
     send.close()
-    return SearleWorker(process, receive)
+    return SearleWorker(process, receive, claims)
 
 
 class SearleWorker:
     """A running SEARLE worker process (see `start_searle_worker`)."""
 
-    def __init__(self, process, connection):
-        self.process, self.connection = process, connection
+    def __init__(self, process, connection, claims: ChunkClaims):
+        self.process, self.connection, self.claims = process, connection, claims
 
     def result(self) -> dict:
         """Wait for the worker's `searle_stage` result; its error is raised here."""
@@ -409,7 +416,8 @@ class SearleWorker:
             self.process.join(timeout=10)
 
 
-def _searle_worker(connection, world: str, clip_dir: str, budget: dict, progress: bool, threads: int) -> None:
+def _searle_worker(connection, world: str, clip_dir: str, budget: dict, progress: bool, threads: int,
+                   claims: str) -> None:
     """The SEARLE worker process: `searle_stage` with its own backbone, evaluators and `threads` threads."""
     try:
         torch.set_num_threads(threads)
@@ -417,9 +425,8 @@ def _searle_worker(connection, world: str, clip_dir: str, budget: dict, progress
         backbone = Backbone.load(clip_dir)
         cache = FeatureCache(world_dir / "features", progress=progress)
         evaluators = world_evaluators(backbone, world_dir / "data", cache)
-        splits = tuple(ev.full_split.name for evs in evaluators.values() for ev in evs
-                       if ev.full_split.name not in SEARLE_OTI_IN_MAIN)
-        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress, splits)
+        result = searle_stage(world_dir, backbone, evaluators, cache, MethodBudget(**budget), progress,
+                              ChunkClaims(claims))
         # plain pickle bytes: tensors travel by value (the pipe's own pickler would pass file descriptors
         # of shared memory, which vanish when this process ends)
         connection.send_bytes(pickle.dumps(("ok", result)))

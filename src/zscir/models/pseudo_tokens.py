@@ -128,22 +128,19 @@ def encode_with_pseudo_tokens(
 
 LENGTH_BUCKET_ROWS = 32  # rows per length bucket at least: smaller buckets cost more in calls than they save
 MAX_LENGTH_BUCKETS = 8
-MIN_BUCKET_SAVING = 0.2  # bucket only when it drops at least this share of the padded tokens
 
 
 def encode_in_length_buckets(text_tower, input_ids: torch.Tensor, pseudo_tokens: torch.Tensor | None = None,
                              pseudo_token_id: int | None = None, bucket_rows: int = LENGTH_BUCKET_ROWS,
-                             max_buckets: int = MAX_LENGTH_BUCKETS, min_saving: float = MIN_BUCKET_SAVING
-                             ) -> PseudoTokenOutput:
+                             max_buckets: int = MAX_LENGTH_BUCKETS) -> PseudoTokenOutput:
     """`encode_with_pseudo_tokens` (pooled output only) with the rows grouped by length.
 
     The tower is causal, so the columns after a row's end-of-text token never reach its pooled output.
     Rows are sorted by end position and split into up to `max_buckets` buckets of at least `bucket_rows`
     rows; each bucket is cut after its own longest row instead of the batch's. Same outputs (to float
     rounding) and gradients; on caption-length text (mean 23 tokens, max 37 in a batch of 256) a
-    LinCIR-sized forward + backward costs about 1/1.6 of the single padded batch (BENCHMARKS.md). When
-    the buckets would save less than `min_saving` of the padded tokens (prompts of similar length, such as
-    OTI's templates), the extra calls cost more than they save and the batch goes through in one pass.
+    LinCIR-sized forward + backward costs about 1/1.6 of the single padded batch, and OTI's short
+    templates and phrases at 256 images per batch about 1/1.2 (BENCHMARKS.md).
 
     Returns:
         PseudoTokenOutput with `text_embeds` [B, P] in the input row order (no penultimate states).
@@ -152,11 +149,6 @@ def encode_in_length_buckets(text_tower, input_ids: torch.Tensor, pseudo_tokens:
     buckets = max(1, min(max_buckets, input_ids.shape[0] // max(1, bucket_rows)))
     order = torch.argsort(ends, stable=True)
     groups = order.tensor_split(buckets)
-    if buckets > 1:
-        padded = input_ids.shape[0] * (int(ends.max()) + 1)
-        bucketed = sum(len(rows) * (int(ends[rows].max()) + 1) for rows in groups)
-        if bucketed > (1 - min_saving) * padded:
-            buckets = 1
     if buckets == 1:
         cut = input_ids[:, : int(ends.max()) + 1] if input_ids.shape[0] else input_ids
         return encode_with_pseudo_tokens(text_tower, cut, pseudo_tokens, pseudo_token_id)

@@ -148,9 +148,36 @@ def chunk_label(names: Sequence[str], chunk_size: int, chunk: int) -> str:
     return f"{hash_parts(list(names), chunk_size)[:12]}-{chunk:05d}"
 
 
+class ChunkClaims:
+    """First come, first served chunks between independent processes of one run (no launcher, no barrier).
+
+    Before inverting a chunk, `invert_to_store` claims it here; the process that creates the claim file
+    first (O_EXCL, atomic on a local file system) inverts it, the others skip it. Processes that go through
+    the same stores in the same order therefore share the work as they become free, whatever each one did
+    before. A chunk whose claimer died stays missing: the next `invert_to_store` without claims inverts it.
+
+    Args:
+        folder: this run's claim folder (created; give every run a new one, and remove it after the run).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def claim(self, store: Path, label: str) -> bool:
+        """True if this process is the first to claim chunk `label` of the store folder `store`."""
+        path = self.folder / f"{hash_parts(str(Path(store).resolve()))[:16]}-{label}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+
 def invert_to_store(backbone, names: Sequence[str], image_embeds: torch.Tensor, bank: ConceptBank | None,
                     config: OTIConfig, folder: str | os.PathLike, chunk_size: int = 256, progress: bool = True,
-                    features_key: str | None = None, group: ProcessGroup = SINGLE) -> TokenStore:
+                    features_key: str | None = None, group: ProcessGroup = SINGLE,
+                    claims: ChunkClaims | None = None) -> TokenStore:
     """Resumable OTI over an image list: images already in `folder` are skipped, the rest inverted in chunks.
 
     The list is cut into fixed chunks of `chunk_size` images; a chunk with images still missing is
@@ -168,9 +195,12 @@ def invert_to_store(backbone, names: Sequence[str], image_embeds: torch.Tensor, 
         chunk_size: images per chunk file (the unit of resumption and of sharing out).
         features_key: identifies the image features (e.g. the feature-cache key); stored in the meta.
         group: the process group (`zscir.retrieval.shards.process_group`); one process by default.
+        claims: share the chunks first come, first served with other processes instead (`ChunkClaims`;
+            with the default `group`). The store then holds this process's chunks and those of the others
+            that finished: the caller waits for them.
     Returns:
-        The TokenStore holding a token for every name (on every process, after all have finished);
-        its `inverted` counts the images this process inverted.
+        The TokenStore holding a token for every name (on every process, after all have finished; with
+        `claims`, the ones this process claimed); its `inverted` counts the images this process inverted.
     """
     from tqdm.auto import tqdm
 
@@ -189,9 +219,14 @@ def invert_to_store(backbone, names: Sequence[str], image_embeds: torch.Tensor, 
     pending = {c: [i for i in chunks[c] if names[i] not in done] for c in mine}
     with tqdm(total=sum(map(len, pending.values())), desc="OTI", unit="img", disable=not progress or None) as bar:
         for c, rows in pending.items():
+            label = chunk_label(names, chunk_size, c)
+            if claims is not None and not claims.claim(store.folder, label):
+                bar.total -= len(rows)  # another process inverts it
+                bar.refresh()
+                continue
             chunk_names = [names[i] for i in rows]
             result = invert_images(backbone, image_embeds[rows], bank, config, chunk_names, _bar=bar)
-            store.write_chunk(chunk_label(names, chunk_size, c), chunk_names, result.tokens, image_embeds[rows])
+            store.write_chunk(label, chunk_names, result.tokens, image_embeds[rows])
             store.inverted += len(rows)
     group.barrier()
     return store
@@ -217,7 +252,8 @@ def default_oti_dir(backbone, bank: ConceptBank | None, config: OTIConfig, pad_t
 
 def oti_tokens_for(backbone, names: Sequence[str], features, bank: ConceptBank | None,
                    config: OTIConfig | None = None, folder: str | os.PathLike | None = None,
-                   pad_to_ratio: float | None = None, chunk_size: int = 256, progress: bool = True) -> torch.Tensor:
+                   pad_to_ratio: float | None = None, chunk_size: int = 256, progress: bool = True,
+                   claims: ChunkClaims | None = None) -> torch.Tensor | None:
     """Pseudo tokens of named images whose embeddings are already computed; each image is inverted once.
 
     Args:
@@ -228,8 +264,10 @@ def oti_tokens_for(backbone, names: Sequence[str], features, bank: ConceptBank |
         folder: TokenStore folder; default `default_oti_dir(...)` (under the zscir cache), shared by every
             image list with the same backbone, preprocessing and settings (tokens are keyed by image name).
         pad_to_ratio: the preprocessing the features were computed with (part of the store's key).
+        chunk_size / claims: as in `invert_to_store`; with `claims` nothing is returned (the other
+            processes' chunks may still be running).
     Returns:
-        [len(names), H] float32 EMA tokens in the order of `names`.
+        [len(names), H] float32 EMA tokens in the order of `names` (None with `claims`).
     Raises:
         DataError: a name without features, or whose image failed to encode.
     """
@@ -242,8 +280,9 @@ def oti_tokens_for(backbone, names: Sequence[str], features, bank: ConceptBank |
     embeds = features.lookup(unique)
     key = features_key(backbone, pad_to_ratio)
     folder = folder if folder is not None else default_oti_dir(backbone, bank, config, pad_to_ratio)
-    store = invert_to_store(backbone, unique, embeds, bank, config, folder, chunk_size, progress, key)
-    return store.lookup(list(names))
+    store = invert_to_store(backbone, unique, embeds, bank, config, folder, chunk_size, progress, key,
+                            claims=claims)
+    return None if claims is not None else store.lookup(list(names))
 
 
 def oti_pseudo_tokens(backbone, images: Mapping[str, os.PathLike], names: Sequence[str],
@@ -279,14 +318,15 @@ def oti_pseudo_tokens(backbone, images: Mapping[str, os.PathLike], names: Sequen
 
 
 def oti_reference_tokens(evaluator, bank: ConceptBank | None, config: OTIConfig | None = None,
-                         folder: str | os.PathLike | None = None, progress: bool = True) -> torch.Tensor:
+                         folder: str | os.PathLike | None = None, progress: bool = True, chunk_size: int = 256,
+                         claims: ChunkClaims | None = None) -> torch.Tensor | None:
     """SEARLE-OTI tokens of an `Evaluator`'s active queries' reference images (its cached features reused).
 
     Use: `ev.evaluate("phi", pseudo_tokens=oti_reference_tokens(ev, bank))`.
 
     Returns:
-        [Q, H] float32 EMA tokens, rows = `evaluator.split.queries`.
+        [Q, H] float32 EMA tokens, rows = `evaluator.split.queries` (None with `claims`, see `oti_tokens_for`).
     """
     refs = [q.reference for q in evaluator.split.queries]
     return oti_tokens_for(evaluator.backbone, refs, evaluator.features(), bank, config, folder,
-                          evaluator.pad_to_ratio, progress=progress)
+                          evaluator.pad_to_ratio, chunk_size, progress, claims)
