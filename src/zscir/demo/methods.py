@@ -117,8 +117,8 @@ def world_concept_bank(backbone):
 
 
 def oti_config(budget: MethodBudget):
-    """SEARLE's OTI recipe with the demo's step budget (the paper uses 350 steps); 256 images per batch, whose
-    prompts the length buckets cut best (1.2x over 64 per batch, BENCHMARKS.md; the tokens are the same)."""
+    """SEARLE's OTI recipe with the demo's step budget (the paper uses 350 steps). Up to 256 images per batch
+    (1.1-1.2x over 64, the same tokens, BENCHMARKS.md); the references go in chunks of REFERENCE_CHUNK."""
     return OTIConfig(steps=budget.oti_steps, batch_size=256)
 
 
