@@ -60,6 +60,9 @@ def test_fast_demo_runs_and_reuses_its_stages(tmp_path, capsys):
         assert inline["rows"][label] == results["rows"][label]
     assert (tmp_path / "world-fast" / "searle-phi" / "zscir_done.json").stat().st_mtime_ns == done  # reused
     assert list(inline["rows"]) == [k for k in results["rows"] if "CIG" not in k]  # the table's row order
+    warm = run_demo(DemoConfig(cache_dir=tmp_path, fast=True, skip=("cig",), progress=False,
+                               out_dir=tmp_path / "warm"))  # SEARLE trained: no second process to start
+    assert "SEARLE runs in a second process" not in capsys.readouterr().out and warm["rows"] == inline["rows"]
 
     # two seeds: seed 0 is reused stage by stage, seed 1 is a new world; mean ± std per row
     assert main(["demo", "--fast", "--cache-dir", str(tmp_path), "--skip", "searle", "cig", "--seeds", "2"]) == 0

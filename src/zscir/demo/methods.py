@@ -122,11 +122,20 @@ def oti_config(budget: MethodBudget):
     return OTIConfig(steps=budget.oti_steps, batch_size=256)
 
 
+def _searle_settings(backbone, budget: MethodBudget) -> dict:
+    return {"clip": backbone.text_fingerprint(), "oti": asdict(oti_config(budget)),
+            "images": budget.searle_images, "steps": budget.searle_steps, "batch": budget.searle_batch}
+
+
+def searle_phi_done(world_dir: Path, backbone, budget: MethodBudget) -> bool:
+    """True when `searle_phi` would reuse a Phi distilled with these settings (nothing to train)."""
+    return stage_done(world_dir / "searle-phi", _searle_settings(backbone, budget))
+
+
 def searle_phi(world_dir: Path, backbone, cache, bank, budget: MethodBudget, progress: bool = True):
     """SEARLE's Phi distilled here: OTI on world training images, then distillation (METHODS §3)."""
     folder = world_dir / "searle-phi"
-    settings = {"clip": backbone.text_fingerprint(), "oti": asdict(oti_config(budget)),
-                "images": budget.searle_images, "steps": budget.searle_steps, "batch": budget.searle_batch}
+    settings = _searle_settings(backbone, budget)
     if stage_done(folder, settings):
         return load_inversion_network(folder)
     start = time.time()

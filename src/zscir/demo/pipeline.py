@@ -202,7 +202,8 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
     searle_job = None
     if "searle" not in config.skip:
         threads = torch.get_num_threads()
-        if config.parallel and threads >= 2:
+        # a warm rerun only evaluates SEARLE (~4 s): less than the second process's start-up (~9 s)
+        if config.parallel and threads >= 2 and not methods.searle_phi_done(world, backbone, budget):
             _say(f"SEARLE runs in a second process beside LinCIR, RTD and CIG ({threads // 2} + "
                  f"{threads - threads // 2} threads)")
             searle_job = start_searle_worker(world, clip_dir, budget, config.progress, threads // 2)
