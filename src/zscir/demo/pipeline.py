@@ -373,9 +373,8 @@ def start_searle_worker(world: Path, clip_dir: Path, budget: MethodBudget, progr
     The worker loads the same world CLIP and reads the image features the baselines cached; it shares
     no trained artefact with LinCIR, RTD or CIG. It shares the references' OTI with the main process through
     `SearleWorker.claims` (a new claim folder under `world/runs/oti-claims`) and leaves the SEARLE-OTI row
-    to it. Returns a
-    `SearleWorker`: `.result()` waits for the stage's dict (re-raising the worker's error), `.stop()` ends the
-    worker early.
+    to it. Returns a `SearleWorker`: `.result()` waits for the stage's dict (re-raising the worker's error),
+    `.stop()` ends the worker early.
     """
     import multiprocessing
 
