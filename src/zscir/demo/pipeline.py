@@ -230,8 +230,8 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
                         _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
         if searle_job is not None:
             with timer("searle-oti (main)"):  # the references the worker has not claimed yet
-                invert_references(world, evaluators, methods.world_concept_bank(backbone), budget,
-                                  config.progress, searle_job.claims)
+                bank = methods.world_concept_bank(backbone)
+                invert_references(world, evaluators, bank, budget, config.progress, searle_job.claims)
     except BaseException:
         if searle_job is not None:
             searle_job.stop()
@@ -249,7 +249,7 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
             timer.seconds["searle (parallel)"] = searle["seconds"]
             with timer("searle-oti row"):  # every reference is inverted by now (the two processes' stores)
                 searle["rows"]["SEARLE-OTI"], searle["cirr_results"]["SEARLE-OTI"] = searle_oti_row(
-                    world, evaluators, methods.world_concept_bank(backbone), budget, config.progress)
+                    world, evaluators, bank, budget, config.progress)
             shutil.rmtree(searle_job.claims.folder, ignore_errors=True)
         rows.update(searle["rows"])
         cirr_results.update(searle["cirr_results"])

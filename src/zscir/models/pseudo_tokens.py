@@ -147,13 +147,12 @@ def encode_in_length_buckets(text_tower, input_ids: torch.Tensor, pseudo_tokens:
     """
     ends = end_of_text_positions(text_tower.text_model, input_ids)
     buckets = max(1, min(max_buckets, input_ids.shape[0] // max(1, bucket_rows)))
-    order = torch.argsort(ends, stable=True)
-    groups = order.tensor_split(buckets)
     if buckets == 1:
         cut = input_ids[:, : int(ends.max()) + 1] if input_ids.shape[0] else input_ids
         return encode_with_pseudo_tokens(text_tower, cut, pseudo_tokens, pseudo_token_id)
+    order = torch.argsort(ends, stable=True)
     parts = []
-    for rows in groups:
+    for rows in order.tensor_split(buckets):
         tokens = None if pseudo_tokens is None else pseudo_tokens[rows.to(pseudo_tokens.device)]
         ids = input_ids[rows, : int(ends[rows].max()) + 1]
         parts.append(encode_with_pseudo_tokens(text_tower, ids, tokens, pseudo_token_id).text_embeds)
