@@ -8,6 +8,8 @@ determines (text only against the upper bound) and how close reference and targe
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,13 @@ REAL_CLIP = {
                         "source": "two narrow cones on the same side: with within-modality mean pairwise "
                                   "cosine ~0.5 (|mean| ~0.7) and gap 0.82, "
                                   "cos = (|a|^2 + |b|^2 - 0.82^2) / (2|a||b|) ~ 0.3-0.4"},
+    "image_rms": {"value": 0.75, "kind": "published (one image)",
+                  "source": "raw (unnormalised) OpenAI CLIP ViT-L/14@336 image embedding of one photo: norm 20.8 "
+                            "(raw vs L2-normalised values, rom1504/clip-retrieval issue #290), / sqrt(768)"},
+    "noise_over_gap": {"value": 0.70, "kind": "derived (upper bound)",
+                       "source": "LinCIR's noise E||u n||, u ~ U(0, 1), n ~ N(0, I_768) = 13.9, over the raw "
+                                 "matched image-text distance: image norm 20.8 and matched cosine 0.3 give at "
+                                 "least 20.8 * sqrt(1 - 0.3^2) = 19.8 whatever the text norm, so <= 0.70"},
     "t2i_R@1": {"value": 37.8, "kind": "published",
                 "source": "Radford et al. 2021 (CLIP) Table 13, ViT-L/14@336 zero-shot MSCOCO 5k (ViT-B/32: ~30)"},
     "i2t_R@1": {"value": 58.4, "kind": "published",
@@ -51,9 +60,13 @@ def modality_geometry(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> 
         centroid_cosine: cosine between the mean normalised image and the mean normalised text embedding;
         gap_norm: ||mean image - mean text||; image_cone / text_cone: norm of each mean (1 = all identical,
         ~0 = spread over the sphere); matched_cosine: mean cosine of matching pairs; random_cosine: mean
-        cosine of non-matching pairs; t2i_R@1 / i2t_R@1: retrieval among the N pairs (percent).
+        cosine of non-matching pairs; t2i_R@1 / i2t_R@1: retrieval among the N pairs (percent); on the raw
+        embeddings: image_rms / text_rms (root-mean-square per coordinate) and noise_over_gap (LinCIR's noise
+        E||u·n||, u ~ U(0, 1), n ~ N(0, I), over the mean raw distance of matching pairs: how much of the
+        modality gap the noise that LinCIR and RTD add to text embeddings spans).
     """
-    image = F.normalize(image_embeds.float(), dim=-1)
+    raw_image, raw_text = image_embeds.float(), text_embeds.float()
+    image = F.normalize(raw_image, dim=-1)
     text = F.normalize(text_embeds.float(), dim=-1)
     mean_image, mean_text = image.mean(0), text.mean(0)
     sims = text @ image.T
@@ -71,8 +84,17 @@ def modality_geometry(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> 
         "random_cosine": round(sims[off_diagonal].mean().item(), 3),
         "t2i_R@1": round(t2i, 2),
         "i2t_R@1": round(i2t, 2),
+        "image_rms": round(raw_image.pow(2).mean().sqrt().item(), 3),
+        "text_rms": round(raw_text.pow(2).mean().sqrt().item(), 3),
+        "noise_over_gap": round(mean_noise_norm(raw_image.shape[1]) / (raw_image - raw_text).norm(dim=1).mean().item(),
+                                3),
         "n": n,
     }
+
+
+def mean_noise_norm(dim: int) -> float:
+    """E||u·n|| for u ~ U(0, 1) and n ~ N(0, I_dim): 0.5 · sqrt(2) · Γ((dim + 1) / 2) / Γ(dim / 2)."""
+    return 0.5 * math.sqrt(2) * math.exp(math.lgamma((dim + 1) / 2) - math.lgamma(dim / 2))
 
 
 def self_retrieval(backbone, phi, reference_embeds: torch.Tensor, gallery_embeds: torch.Tensor,
