@@ -32,6 +32,47 @@ def test_modality_geometry_matches_a_loop_over_pairs():
     assert geometry["i2t_R@1"] == pytest.approx(100 * hits / 40, abs=0.01)
     # opposite cones: centroid cosine near -1
     assert modality_geometry(images, -images)["centroid_cosine"] < -0.99
+    # the raw scale: RMS per coordinate, and LinCIR's noise against the raw matched distance (Monte Carlo)
+    assert geometry["image_rms"] == pytest.approx((images ** 2).mean().sqrt().item(), abs=1e-3)
+    assert geometry["text_rms"] == pytest.approx((texts ** 2).mean().sqrt().item(), abs=1e-3)
+    noise = (torch.rand(200_000, 1, generator=gen) * torch.randn(200_000, 8, generator=gen)).norm(dim=1).mean()
+    distance = sum((a - b).norm().item() for a, b in zip(images, texts)) / 40
+    assert geometry["noise_over_gap"] == pytest.approx(noise.item() / distance, rel=1e-2)
+    # scaling both modalities by one constant changes the raw properties only
+    scaled = modality_geometry(0.1 * images, 0.1 * texts)
+    assert scaled["image_rms"] == pytest.approx(0.1 * geometry["image_rms"], abs=1e-3)
+    assert scaled["noise_over_gap"] == pytest.approx(10 * geometry["noise_over_gap"], rel=1e-2)
+    assert all(scaled[k] == geometry[k] for k in ("centroid_cosine", "gap_norm", "matched_cosine", "t2i_R@1"))
+
+
+def _rms(backbone, pixels) -> float:
+    """Root-mean-square per coordinate of a backbone's raw image embeddings."""
+    return backbone.encode_pixels(pixels).float().pow(2).mean().sqrt().item()
+
+
+def test_embedding_rms_sets_the_raw_scale_and_keeps_every_cosine(tmp_path):
+    # CLIP's loss sees only cosines: the recipe's final rescale changes raw embeddings (what LinCIR's and
+    # RTD's unit noise is added to) by one factor and leaves retrieval alone
+    from dataclasses import replace
+
+    from zscir.data.synthetic.corpora import clip_pair_sampler
+    from zscir.demo.world_models import default_clip_config, train_world_clip
+    from zscir.models.backbone import Backbone
+    from zscir.training.clip import scale_pixels
+
+    config = replace(default_clip_config(fast=True), steps=2, batch_size=8, continue_steps=0)
+    plain = train_world_clip(tmp_path / "plain", replace(config, embedding_rms=None), progress=False)
+    scaled = train_world_clip(tmp_path / "scaled", replace(config, embedding_rms=0.5), progress=False)
+    a, b = Backbone.load(str(plain)), Backbone.load(str(scaled))
+    pixels = scale_pixels(clip_pair_sampler(image_size=config.size.image_size, **config.data), config)
+    assert _rms(b, pixels) == pytest.approx(0.5, rel=1e-4)
+    factor = json.loads((scaled / "train_log.json").read_text())["embedding_scale"]
+    assert factor == pytest.approx(0.5 / _rms(a, pixels), rel=1e-4)
+    images, captions = clip_pair_sampler(config.size.image_size)(random.Random(3), 6)
+    texts = list(captions) + ["Make the circle green, and remove the star."]
+    assert torch.allclose(b.encode_image(images), factor * a.encode_image(images), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(b.encode_text(texts), factor * a.encode_text(texts), rtol=1e-4, atol=1e-5)
+    assert factor != pytest.approx(1.0, abs=0.05)  # the test can tell a rescale from none
 
 
 def _rows(**cirr_r1):
@@ -129,6 +170,12 @@ def test_shipped_world_clip_is_the_code_recipe_and_a_short_retrain_reproduces_it
     images, captions = heldout_pairs(config.size.image_size, n=200, seed="test-heldout")
     geometry = modality_geometry(shipped.encode_image(images), shipped.encode_text(captions))
     assert geometry["t2i_R@1"] > 20 * (100 / 200) and geometry["i2t_R@1"] > 20 * (100 / 200)
+    # the recipe's raw embedding scale, on the recipe's own image draw (fp16 storage)
+    from zscir.data.synthetic.corpora import clip_pair_sampler
+    from zscir.training.clip import scale_pixels
+
+    pixels = scale_pixels(clip_pair_sampler(image_size=config.size.image_size, **config.data), config)
+    assert _rms(shipped, pixels) == pytest.approx(config.embedding_rms, rel=2e-3)
 
 
 def test_train_clip_command_trains_saves_and_reports_geometry(tmp_path, capsys):

@@ -123,10 +123,10 @@ def default_clip_config(fast: bool = False) -> ClipTrainConfig:
     if fast:
         return ClipTrainConfig(size=ClipSize(), steps=30, batch_size=64, modality_offset=WORLD_CLIP_OFFSET,
                                data=dict(WORLD_CLIP_DATA), **WORLD_CLIP_TEMPERATURE, continue_steps=5,
-                               continue_data=dict(WORLD_CLIP_CONTINUE_DATA))
+                               continue_data=dict(WORLD_CLIP_CONTINUE_DATA), embedding_rms=WORLD_CLIP_EMBEDDING_RMS)
     return ClipTrainConfig(steps=600, modality_offset=WORLD_CLIP_OFFSET, data=dict(WORLD_CLIP_DATA),
                            **WORLD_CLIP_TEMPERATURE, continue_steps=300, continue_lr=2e-4,
-                           continue_data=dict(WORLD_CLIP_CONTINUE_DATA))
+                           continue_data=dict(WORLD_CLIP_CONTINUE_DATA), embedding_rms=WORLD_CLIP_EMBEDDING_RMS)
 
 
 # The world CLIP's first-phase mix (`clip_pair_sampler` options; {} = its defaults: scene captions, 15%
@@ -157,6 +157,14 @@ WORLD_CLIP_OFFSET = 12.0
 # matched-pair cosine 0.78); fixed at 100, the same 600 steps give same-side cones (+0.14), a gap of
 # 0.93 and matched pairs at 0.47, near real CLIP's ~+0.35 / 0.82 / ~0.3 (demo/calibration.REAL_CLIP).
 WORLD_CLIP_TEMPERATURE = {"logit_scale_init": math.log(100.0), "learn_temperature": False}
+
+
+# The raw embedding scale (ClipTrainConfig.embedding_rms): real CLIP's, so that LinCIR's and RTD's N(0, I)
+# noise has the size against the embeddings that it has on real CLIP. Real value: an OpenAI ViT-L/14@336
+# image embedding has norm 20.8 (raw vs L2-normalised values of one image, rom1504/clip-retrieval issue
+# #290), i.e. 20.8 / sqrt(768) = 0.75 per coordinate. Trained, the world CLIP sits at 2.4 (norm 27 in 128
+# dims), so the noise was ~3x smaller against its embeddings than on real CLIP (BENCHMARKS.md, session 16).
+WORLD_CLIP_EMBEDDING_RMS = 0.75
 
 
 def pack_world_clip(trained: Path, package: Path) -> Path:

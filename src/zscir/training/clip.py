@@ -55,6 +55,33 @@ def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+SCALE_IMAGES = 512  # images of the recipe's own stream (a fixed draw) that `embedding_rms` is measured on
+
+
+def scale_pixels(sample_pairs: PairSampler, config: ClipTrainConfig) -> torch.Tensor:
+    """The images `embedding_rms` is measured on: a fixed draw of `SCALE_IMAGES` from the first-phase stream."""
+    images, _ = sample_pairs(random.Random(f"{config.seed}|embedding-scale"), SCALE_IMAGES)
+    return pixels_from_images(images, image_processor_for(config.size.image_size))
+
+
+def embedding_rms(model, pixels: torch.Tensor) -> float:
+    """Root-mean-square per coordinate of the raw (unnormalised) image embeddings of `pixels`."""
+    with torch.inference_mode():
+        embeds = model.get_image_features(pixel_values=pixels).pooler_output.float()
+    return float(embeds.pow(2).mean().sqrt())
+
+
+def scale_embeddings(model, pixels: torch.Tensor, rms: float) -> float:
+    """Multiply both projections of a CLIPModel by one constant so that the image embeddings of `pixels` have
+    root-mean-square `rms` per coordinate. Every cosine, hence every retrieval, is unchanged; raw embeddings
+    (what Phi reads, and what LinCIR / RTD add unit noise to) are scaled. Returns the factor."""
+    factor = rms / embedding_rms(model, pixels)
+    with torch.no_grad():
+        model.visual_projection.weight.mul_(factor)
+        model.text_projection.weight.mul_(factor)
+    return factor
+
+
 def init_geometry(model, config: ClipTrainConfig) -> None:
     """Apply the recipe's initial cone offsets and temperature to a freshly built CLIPModel."""
     generator = torch.Generator().manual_seed(config.seed + 7919)
@@ -134,6 +161,8 @@ def train_clip(
         log.update(continue_steps=total, continue_loss_last_10=float(np.mean(later[-10:])))
     out_dir = Path(out_dir)
     model.eval()
+    if config.embedding_rms is not None:
+        log["embedding_scale"] = scale_embeddings(model, scale_pixels(sample_pairs, config), config.embedding_rms)
     save_clip_folder(model, tokenizer, out_dir, config.size)
     log.update(config=asdict(config), seconds=round(time.time() - start, 1) + (log.get("seconds", 0) if phase_one
                else 0), logit_scale=round(float(model.logit_scale.detach().exp()), 2))
@@ -186,7 +215,7 @@ def _load_phase_one(model, folder: Path, config: ClipTrainConfig) -> dict:
     log = json.loads((folder / "train_log.json").read_text())
     wanted = json.loads(json.dumps(asdict(config.first_phase()), default=float))
     found = {k: v for k, v in log["config"].items() if k != "threads"}
-    for key in ("continue_steps", "continue_lr", "continue_data"):  # a log from before the second phase existed
+    for key in ("continue_steps", "continue_lr", "continue_data", "embedding_rms"):  # logs from before these existed
         found.setdefault(key, wanted[key])
     if found != {k: v for k, v in wanted.items() if k != "threads"}:
         raise ZscirError(f"{folder}: not the first phase of this recipe (its train_log.json config differs)")

@@ -327,10 +327,17 @@ class ClipTrainConfig:
     continue_steps: int = 0
     continue_lr: float = 2e-4
     continue_data: dict = field(default_factory=dict)
+    # The raw embedding scale, set once training is done: both projections are multiplied by one constant so
+    # that image embeddings have this root-mean-square per coordinate (None = as trained). CLIP's loss sees
+    # only cosines, so the scale is a free parameter of a trained CLIP (retrieval does not change), but LinCIR
+    # and RTD add N(0, I) noise to raw embeddings, so it decides how large that noise is against them.
+    embedding_rms: float | None = None
 
     def first_phase(self) -> "ClipTrainConfig":
-        """This recipe without its second phase (what a `phase_one` folder must have been trained with)."""
-        return replace(self, continue_steps=0, continue_lr=ClipTrainConfig.continue_lr, continue_data={})
+        """This recipe without its second phase or final rescale (what a `phase_one` folder must have been
+        trained with)."""
+        return replace(self, continue_steps=0, continue_lr=ClipTrainConfig.continue_lr, continue_data={},
+                       embedding_rms=None)
 
 
 def _field_types(cls) -> dict[str, Any]:
