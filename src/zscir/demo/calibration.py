@@ -17,6 +17,7 @@ from zscir.data.images import load_image
 from zscir.data.synthetic.captions import describe_scene
 from zscir.data.synthetic.render import render_scene
 from zscir.data.synthetic.scene import random_scene
+from zscir.training.clip import root_mean_square
 
 # Real-data reference values. "published" values come from the cited paper; "derived" ones are
 # computed from published ones (the formula is given); None = no published value we know of.
@@ -67,7 +68,7 @@ def modality_geometry(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> 
     """
     raw_image, raw_text = image_embeds.float(), text_embeds.float()
     image = F.normalize(raw_image, dim=-1)
-    text = F.normalize(text_embeds.float(), dim=-1)
+    text = F.normalize(raw_text, dim=-1)
     mean_image, mean_text = image.mean(0), text.mean(0)
     sims = text @ image.T
     n = sims.shape[0]
@@ -84,8 +85,8 @@ def modality_geometry(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> 
         "random_cosine": round(sims[off_diagonal].mean().item(), 3),
         "t2i_R@1": round(t2i, 2),
         "i2t_R@1": round(i2t, 2),
-        "image_rms": round(raw_image.pow(2).mean().sqrt().item(), 3),
-        "text_rms": round(raw_text.pow(2).mean().sqrt().item(), 3),
+        "image_rms": round(root_mean_square(raw_image), 3),
+        "text_rms": round(root_mean_square(raw_text), 3),
         "noise_over_gap": round(mean_noise_norm(raw_image.shape[1]) / (raw_image - raw_text).norm(dim=1).mean().item(),
                                 3),
         "n": n,

@@ -520,8 +520,7 @@ def render_summary(results: dict, table: str) -> str:
         for key in ("centroid_cosine", "gap_norm", "matched_cosine", "t2i_R@1", "i2t_R@1", "image_rms",
                     "noise_over_gap"):
             real = REAL_CLIP[key]
-            if key in clip:  # results of a version before the raw-scale properties have none
-                lines.append(f"    {key:16} {clip[key]:8.3g}   real CLIP {real['value']:6g} ({real['kind']})")
+            lines.append(f"    {key:16} {clip[key]:8.3g}   real CLIP {real['value']:6g} ({real['kind']})")
         lines.append(f"    image cone |mean| {clip['image_cone']:.3f}, text cone |mean| {clip['text_cone']:.3f}, "
                      f"non-matching pair cosine {clip['random_cosine']:.3f}")
     for method, values in calibration.get("pseudo_token", {}).items():

@@ -64,11 +64,15 @@ def scale_pixels(sample_pairs: PairSampler, config: ClipTrainConfig) -> torch.Te
     return pixels_from_images(images, image_processor_for(config.size.image_size))
 
 
+def root_mean_square(embeds: torch.Tensor) -> float:
+    """Root-mean-square per coordinate of a batch of raw (unnormalised) embeddings."""
+    return float(embeds.float().pow(2).mean().sqrt())
+
+
 def embedding_rms(model, pixels: torch.Tensor) -> float:
-    """Root-mean-square per coordinate of the raw (unnormalised) image embeddings of `pixels`."""
+    """`root_mean_square` of the raw image embeddings of `pixels`."""
     with torch.inference_mode():
-        embeds = model.get_image_features(pixel_values=pixels).pooler_output.float()
-    return float(embeds.pow(2).mean().sqrt())
+        return root_mean_square(model.get_image_features(pixel_values=pixels).pooler_output)
 
 
 def scale_embeddings(model, pixels: torch.Tensor, rms: float) -> float:
