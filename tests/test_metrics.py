@@ -237,17 +237,25 @@ def test_evaluate_split_matches_loops(seed):
     cirr = [Query(str(i), gallery[refs[i]], ("c",), targets=(gallery[targets[i]],),
                   group=tuple(gallery[j] for j in groups[i])) for i in range(num_q)]
     m = M.evaluate_split(split_of("cirr", gallery, cirr), scores)
+    per = M.per_query_metrics(split_of("cirr", gallery, cirr), scores)
+    one = [slice(i, i + 1) for i in range(num_q)]  # the loop on each query alone: 100 (hit) or 0
     for k in (1, 5, 10, 50):
         assert m[f"R@{k}"] == pytest.approx(ref_recall(scores, targets, k, refs=refs))
+        assert per[f"R@{k}"].tolist() == [ref_recall(scores[q], targets[q], k, refs=refs[q]) / 100 for q in one]
     for k in (1, 2, 3):
         assert m[f"Rs@{k}"] == pytest.approx(ref_recall(scores, targets, k, refs=refs, groups=groups))
+        assert per[f"Rs@{k}"].tolist() == [ref_recall(scores[q], targets[q], k, refs=refs[q], groups=groups[q]) / 100
+                                           for q in one]
+    assert set(per) == set(m) - {"Avg"}
 
     gts = [rng.choice(num_g, int(rng.integers(1, 8)), replace=False).tolist() for _ in range(num_q)]
     circo = [Query(str(i), gallery[refs[i]], ("c",), targets=tuple(gallery[j] for j in gts[i])) for i in range(num_q)]
     m = M.evaluate_split(split_of("circo", gallery, circo), scores)
     for k in (5, 10, 25, 50):
-        expected = np.mean([ref_ap(ref_ranking(list(row)), set(g), k) for row, g in zip(scores, gts)])
-        assert m[f"mAP@{k}"] == pytest.approx(100 * expected)
+        expected = [ref_ap(ref_ranking(list(row)), set(g), k) for row, g in zip(scores, gts)]
+        assert m[f"mAP@{k}"] == pytest.approx(100 * np.mean(expected))
+        assert M.per_query_metrics(split_of("circo", gallery, circo), scores)[f"mAP@{k}"].tolist() == \
+            pytest.approx(expected)
         assert m[f"R@{k}"] == pytest.approx(ref_recall(scores, [g[0] for g in gts], k))
 
 

@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,59 @@ def test_acceptance_orderings_from_rows():
     assert seeds["text only > image only (CIRR R@1)"] == 1
     del good[a.CIG]  # a skipped stage is left out, not failed
     assert not any("CIG" in c.name for c in a.acceptance(good))
+
+
+def test_paired_difference_against_its_definition_and_its_coverage():
+    from zscir.demo.acceptance import Z95, paired_difference, pooled_difference
+
+    rng = np.random.default_rng(0)
+    left = [rng.integers(0, 2, n).astype(float).tolist() for n in (50, 80, 65)]  # three FashionIQ-like splits
+    right = [rng.integers(0, 2, len(a)).astype(float).tolist() for a in left]
+    difference, error = paired_difference(left, right)
+    d = [np.subtract(a, b) for a, b in zip(left, right)]
+    assert difference == pytest.approx(100 * np.mean([x.mean() for x in d]))  # the rows' difference
+    assert error == pytest.approx(100 * np.sqrt(sum(x.var(ddof=1) / len(x) for x in d)) / 3)
+    assert paired_difference([[1.0, 0.0]], [[1.0, 0.0]]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same splits"):
+        paired_difference([[1.0, 0.0]], [[1.0]])
+    assert pooled_difference([(1.0, 3.0), (2.0, 4.0)]) == (1.5, 2.5)
+
+    # the interval's coverage: two methods of equal accuracy, correlated as two CIR methods are (both find the
+    # easy queries): 95% of the intervals over 500 queries must contain the true difference 0
+    covered, trials = 0, 2000
+    for _ in range(trials):
+        easy = rng.random(500) < 0.5
+        a = np.where(easy, rng.random(500) < 0.8, rng.random(500) < 0.1).astype(float)
+        b = np.where(easy, rng.random(500) < 0.8, rng.random(500) < 0.1).astype(float)
+        diff, se = paired_difference([a.tolist()], [b.tolist()])
+        covered += diff - Z95 * se <= 0.0 <= diff + Z95 * se
+    assert 0.93 <= covered / trials <= 0.97
+
+
+def test_acceptance_intervals_from_per_query_values():
+    from zscir.demo import acceptance as a
+
+    rows = _rows(**{a.IMAGE: 5, a.TEXT: 10, a.SUM: 8, a.UPPER: 60, a.LINCIR: 12, a.RTD: 14, a.SEARLE: 11,
+                    a.OTI: 13})
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2, 400).astype(float)
+    queries = {label: {"cirr": {"R@1": [base.tolist()], "R@10": [base.tolist()]},
+                       "fashioniq": {"R@10": [base.tolist()] * 3}, "circo": {"mAP@10": [base.tolist()]}}
+               for label in rows}
+    flipped = base.copy()
+    flipped[np.flatnonzero(base == 0)[:40]] = 1.0  # RTD finds 40 more CIRR targets: +10 points, far from noise
+    queries[a.RTD]["cirr"]["R@1"] = [flipped.tolist()]
+    noisy = base.copy()
+    noisy[np.flatnonzero(base == 0)[:3]] = 1.0  # SEARLE-OTI: 3 more hits, 3 fewer
+    noisy[np.flatnonzero(base == 1)[:3]] = 0.0
+    queries[a.OTI]["cirr"]["R@1"] = [noisy.tolist()]
+    checks = {c.name: c for c in a.acceptance(rows, None, [queries, queries])}
+    rtd = checks["LinCIR + RTD > LinCIR (cirr R@1)"]
+    assert rtd.difference == pytest.approx(10.0) and rtd.low > 0 and not rtd.within_noise
+    oti = checks["SEARLE-OTI > best of image / text / sum (CIRR R@1)"]  # paired against text only, the best
+    assert oti.difference == pytest.approx(0.0) and oti.within_noise
+    assert checks["upper bound >= best method + 10 (CIRR R@1)"].low is None  # not a two-row difference
+    assert all(c.low is None for c in a.acceptance(rows))  # no per-query values: no interval
 
 
 def test_mean_std_rows():

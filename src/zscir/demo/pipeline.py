@@ -28,13 +28,14 @@ from zscir.data.synthetic.scene import Scene
 from zscir.data.synthetic.vocab import PROMPT_PREFIX, PSEUDO_TOKEN
 from zscir.data.synthetic.world import WorldSizes
 from zscir.demo import methods
-from zscir.demo.acceptance import acceptance, mean_std_rows
+from zscir.demo.acceptance import COMPARED, acceptance, mean_std_rows
 from zscir.demo.calibration import REAL_BASELINES, REAL_CLIP, layout_properties, self_retrieval, world_clip_geometry
 from zscir.demo.methods import MethodBudget
 from zscir.demo.report import cirr_edit_types, format_results_table, query_grid, recall_by_edit_type
 from zscir.demo.world_generator import world_generator_base
 from zscir.demo.world_models import build_world_data, world_clip
 from zscir.errors import ZscirError
+from zscir.evaluation.fusion import evaluate_fused, pseudo_target_queries
 from zscir.evaluation.metrics import mean_metrics
 from zscir.evaluation.runner import Evaluator
 from zscir.generation.cig import image_path
@@ -130,15 +131,16 @@ def run_demo(config: DemoConfig) -> dict:
         runs.append(run_seed(config, seed, out_dir / f"seed-{seed}" if len(seeds) > 1 else out_dir))
     if len(runs) == 1:
         results = runs[0]
-        results["acceptance"] = [asdict(c) for c in acceptance(results["rows"])]
+        results["acceptance"] = [asdict(c) for c in acceptance(results["rows"], None, [results["per_query"]])]
         std = None
     else:
         mean, std = mean_std_rows([r["rows"] for r in runs])
-        checks = acceptance(mean, [r["rows"] for r in runs])
-        results = {**runs[0], "rows": mean, "std": std, "seeds": seeds, "acceptance": [asdict(c) for c in checks],
-                   "calibration": _mean_calibration([r["calibration"] for r in runs]),
-                   "per_seed": {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "calibration", "seconds", "cig")}
-                                for r in runs}}
+        checks = acceptance(mean, [r["rows"] for r in runs], [r["per_query"] for r in runs])
+        first = {k: v for k, v in runs[0].items() if k != "per_query"}  # per query: in per_seed only
+        per_seed = {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "per_query", "calibration", "seconds", "cig")}
+                    for r in runs}
+        results = {**first, "rows": mean, "std": std, "seeds": seeds, "acceptance": [asdict(c) for c in checks],
+                   "calibration": _mean_calibration([r["calibration"] for r in runs]), "per_seed": per_seed}
     results["seconds"] = {**results["seconds"], "all seeds": round(time.perf_counter() - start, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "results.json", results)
@@ -184,10 +186,11 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
     calibration = {"clip": world_clip_geometry(backbone, data / "corpora" / "clip_heldout")}
     evaluators = world_evaluators(backbone, data, cache)
     rows: dict[str, dict[str, dict[str, float]]] = {}
-    cirr_results = {}
+    cirr_results, per_query = {}, {}
 
     def evaluate_row(label: str, per_split_options=None, **options) -> None:
-        rows[label], cirr_results[label] = evaluate_method(evaluators, label, per_split_options, **options)
+        rows[label], cirr_results[label], per_query[label] = evaluate_method(evaluators, label, per_split_options,
+                                                                             **options)
 
     if "baselines" not in config.skip:
         with timer("baselines"):
@@ -226,7 +229,7 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
                 cig = run_cig(world, backbone, phi, evaluators, cache, config, budget)
                 if cig is not None:
                     for label, row in cig["rows"].items():
-                        rows[label] = row
+                        rows[label], per_query[label] = row, cig["per_query"][label]
                         _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
         if searle_job is not None:
             with timer("searle-oti (main)"):  # the references the worker has not claimed yet
@@ -248,11 +251,12 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
             timer.seconds["searle waited"] = timer.seconds.pop("searle", 0.0)
             timer.seconds["searle (parallel)"] = searle["seconds"]
             with timer("searle-oti row"):  # every reference is inverted by now (the two processes' stores)
-                searle["rows"]["SEARLE-OTI"], searle["cirr_results"]["SEARLE-OTI"] = searle_oti_row(
-                    world, evaluators, bank, budget, config.progress)
+                (searle["rows"]["SEARLE-OTI"], searle["cirr_results"]["SEARLE-OTI"],
+                 searle["per_query"]["SEARLE-OTI"]) = searle_oti_row(world, evaluators, bank, budget, config.progress)
             shutil.rmtree(searle_job.claims.folder, ignore_errors=True)
         rows.update(searle["rows"])
         cirr_results.update(searle["cirr_results"])
+        per_query.update(searle["per_query"])
         pseudo_token.update(searle["pseudo_token"])
     rows = {label: rows[label] for label in sorted(rows, key=_row_order)}
     cirr_results = {label: cirr_results[label] for label in sorted(cirr_results, key=_row_order)}
@@ -270,8 +274,10 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
         "clip": clip_report,
         "calibration": calibration,
         "rows": rows,
+        "per_query": per_query,
         "cirr_R@1_by_edit_type": by_edit,
-        "cig": json.loads(json.dumps({k: v for k, v in (cig or {}).items() if k not in ("rows", "examples")},
+        "cig": json.loads(json.dumps({k: v for k, v in (cig or {}).items()
+                                      if k not in ("rows", "per_query", "examples")},
                                      default=str)),
         "seconds": {**timer.seconds, "total": round(time.perf_counter() - start, 1)},
         "fast": config.fast,
@@ -298,24 +304,33 @@ def world_evaluators(backbone, data: Path, cache) -> dict[str, list[Evaluator]]:
             for bench, split in BENCHMARKS.items()}
 
 
-def evaluate_method(evaluators: dict, label: str, per_split_options=None, **options) -> tuple[dict, object]:
+def evaluate_method(evaluators: dict, label: str, per_split_options=None, **options) -> tuple[dict, object, dict]:
     """Evaluate one method on every benchmark; FashionIQ is averaged over its categories.
 
     Returns:
-        (row {benchmark: metrics}, the CIRR-format val's `EvaluationResult`).
+        (row {benchmark: metrics}, the CIRR-format val's `EvaluationResult`, per-query values of the metrics
+        the orderings compare, {benchmark: {metric: [per split, a list of values in [0, 1]]}}).
     """
-    row, cirr_result = {}, None
+    row, cirr_result, per_query = {}, None, {}
     for bench, evs in evaluators.items():
         results = []
         for ev in evs:
             extra = per_split_options(ev) if per_split_options else {}
             results.append(ev.evaluate(**options, **extra))
         row[bench] = mean_metrics([r.metrics for r in results]) if len(results) > 1 else results[0].metrics
+        per_query[bench] = compared_values(results, bench)
         if bench == "cirr":
             cirr_result = results[0]
     if "cirr" in row:
         _say(f"{label}: CIRR R@1 {row['cirr']['R@1']:.1f}  R@10 {row['cirr']['R@10']:.1f}")
-    return row, cirr_result
+    return row, cirr_result, per_query
+
+
+def compared_values(results: list, bench: str) -> dict[str, list[list[float]]]:
+    """Per split (`EvalResult`s of one benchmark), the per-query values of the metrics `acceptance` compares."""
+    per_split = [r.per_query() for r in results]
+    return {metric: [[round(v, 4) for v in values[metric].tolist()] for values in per_split]
+            for metric in COMPARED.get(bench, ())}
 
 
 def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodBudget, progress: bool,
@@ -327,30 +342,32 @@ def searle_stage(world: Path, backbone, evaluators: dict, cache, budget: MethodB
     SEARLE-OTI row from the token stores. None = invert every reference and evaluate the row here.
 
     Returns:
-        {"rows": {label: row}, "cirr_results": {label: CIRR result}, "pseudo_token": {"SEARLE": self-retrieval},
-        "seconds": wall time}.
+        {"rows": {label: row}, "cirr_results": {label: CIRR result}, "per_query": {label: per-query values},
+        "pseudo_token": {"SEARLE": self-retrieval}, "seconds": wall time}.
     """
     start = time.perf_counter()
     _say("SEARLE: a Phi distilled from OTI tokens of training images, then OTI on reference images")
     bank = methods.world_concept_bank(backbone)
     phi = methods.searle_phi(world, backbone, cache, bank, budget, progress)
-    rows, cirr_results = {}, {}
+    rows, cirr_results, per_query = {}, {}, {}
     if claims is None:
-        rows["SEARLE-OTI"], cirr_results["SEARLE-OTI"] = searle_oti_row(world, evaluators, bank, budget, progress)
+        rows["SEARLE-OTI"], cirr_results["SEARLE-OTI"], per_query["SEARLE-OTI"] = searle_oti_row(
+            world, evaluators, bank, budget, progress)
     else:
         invert_references(world, evaluators, bank, budget, progress, claims)
     label = "SEARLE (Phi distilled here)"
-    rows[label], cirr_results[label] = evaluate_method(evaluators, label, method="phi", phi=phi)
+    rows[label], cirr_results[label], per_query[label] = evaluate_method(evaluators, label, method="phi", phi=phi)
     token = reference_self_retrieval(evaluators["cirr"][0], world / "data", backbone, phi)
-    return {"rows": rows, "cirr_results": cirr_results, "pseudo_token": {"SEARLE": token},
+    return {"rows": rows, "cirr_results": cirr_results, "per_query": per_query, "pseudo_token": {"SEARLE": token},
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def searle_oti_row(world: Path, evaluators: dict, bank, budget: MethodBudget, progress: bool) -> tuple[dict, object]:
+def searle_oti_row(world: Path, evaluators: dict, bank, budget: MethodBudget,
+                   progress: bool) -> tuple[dict, object, dict]:
     """The SEARLE-OTI row: every reference inverted (resumable token stores; inverted ones are reused).
 
     Returns:
-        (row {benchmark: metrics}, the CIRR-format val's result).
+        `evaluate_method`'s (row, CIRR-format val result, per-query values).
     """
     return evaluate_method(evaluators, "SEARLE-OTI", method="phi", per_split_options=lambda ev: {
         "pseudo_tokens": methods.searle_oti_tokens(world, ev, bank, budget, progress)})
@@ -484,11 +501,12 @@ def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget)
     """The CIG stage on the world's CIRR-format val (pseudo targets from the world's tiny generator).
 
     Returns:
-        The stage report with `rows` = {"LinCIR + CIG": {"cirr": metrics}} and `examples` = {query id:
-        pseudo-target path} for the grid; None when the stage is not in this build.
+        The stage report with `rows` = {"LinCIR + CIG": {"cirr": metrics}} and `per_query` (both evaluated here,
+        as every row of a rerun is) and `examples` = {query id: pseudo-target path} for the grid; None when
+        the stage is not in this build.
     """
     try:
-        from zscir.demo.cig_stage import run_cig_stage
+        from zscir.demo.cig_stage import ROW, run_cig_stage
     except ImportError:
         _say("CIG stage not available in this build; skipped")
         return None
@@ -500,11 +518,13 @@ def run_cig(world, backbone, phi, evaluators, cache, config: DemoConfig, budget)
     report = run_cig_stage(world, backbone, phi, [cirr_val], cache, world / "cig", base_dir, fast=config.fast,
                            progress=config.progress)
     report = {**report, "base_generator": base}
-    rows = {label: {"cirr": by_split[cirr_val.name]} for label, by_split in report["rows"].items()}
     pseudo_dir = report["pseudo_dir"][cirr_val.name]
+    cirr_ev = evaluators["cirr"][0]
+    fused = evaluate_fused(cirr_ev, pseudo_target_queries(cirr_ev, phi, pseudo_dir), float(report["alpha"]))
+    rows, per_query = {ROW: {"cirr": fused.metrics}}, {ROW: {"cirr": compared_values([fused], "cirr")}}
     examples = {q.query_id: image_path(pseudo_dir, q.query_id) for q in cirr_val.queries}
     _say(f"CIG: α = {report['alpha']} chosen on {report.get('alpha_selected_on', '?')}")
-    return {**report, "rows": rows, "examples": examples}
+    return {**report, "rows": rows, "per_query": per_query, "examples": examples}
 
 
 def render_summary(results: dict, table: str) -> str:
@@ -564,9 +584,11 @@ def render_summary(results: dict, table: str) -> str:
     checks = results.get("acceptance", [])
     if checks:
         held = sum(c["holds"] for c in checks)
-        lines += ["", f"Orderings of the published tables that hold on this run ({held} of {len(checks)}):"]
+        lines += ["", f"Orderings of the published tables that hold on this run ({held} of {len(checks)}; the "
+                  "difference is paired query by query, with its 95% interval; \"within noise\": the interval "
+                  "contains 0):"]
         lines += ["  " + ("holds" if c["holds"] else "FAILS") + f"  {c['name']}  [{c['detail']}; "
-                  f"{c['seeds_holding']}/{c['seeds']} seeds]" for c in checks]
+                  f"{c['seeds_holding']}/{c['seeds']} seeds{_difference(c)}]" for c in checks]
     by_edit = results.get("cirr_R@1_by_edit_type")
     if by_edit and not seeds:
         lines += ["", "CIRR R@1 per edit type:"]
@@ -579,3 +601,11 @@ def render_summary(results: dict, table: str) -> str:
     seconds = results["seconds"]
     lines += ["", "wall time (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items())]
     return "\n".join(lines)
+
+
+def _difference(check: dict) -> str:
+    """"; difference -1.7 (95% -3.0 to -0.4)" of an acceptance check, "within noise" when the interval holds 0."""
+    if check.get("low") is None:
+        return ""
+    noise = "; within noise" if check["low"] <= 0.0 <= check["high"] else ""
+    return f"; difference {check['difference']:+.1f} (95% {check['low']:+.1f} to {check['high']:+.1f}){noise}"

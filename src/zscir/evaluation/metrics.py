@@ -288,15 +288,17 @@ def target_indices(split: CIRSplit) -> list[list[int]]:
     return out
 
 
-def evaluate_split(split: CIRSplit, scores) -> dict[str, float]:
-    """All metrics of the split's dataset (PROTOCOLS[split.dataset]), in percent.
+def per_query_metrics(split: CIRSplit, scores) -> dict[str, torch.Tensor]:
+    """Every metric of the split's protocol per query: a hit (R@K, Rs@K: 0 or 1) or AP@K, as [Q] float64.
+
+    The mean of each, times 100, is `evaluate_split`'s value; per query they pair two methods on the same
+    queries (`zscir.demo.acceptance` draws a confidence interval of their difference from them).
 
     Args:
         split: a split with targets (val/train).
         scores: [len(split.queries), len(split.gallery)] score matrix (torch or numpy).
     Returns:
-        e.g. CIRR {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "Avg"};
-        FashionIQ {"R@10", "R@50", "Avg"}; CIRCO {"R@5".."R@50", "mAP@5", "mAP@10", "mAP@25", "mAP@50"}.
+        {metric name: [Q] tensor in [0, 1]}, "Avg" excluded.
     """
     if split.dataset not in PROTOCOLS:
         raise ValueError(f"no metric protocol for dataset {split.dataset!r}; known: {', '.join(PROTOCOLS)}")
@@ -306,19 +308,38 @@ def evaluate_split(split: CIRSplit, scores) -> dict[str, float]:
     primary = torch.tensor([t[0] for t in targets], dtype=torch.long)
     allowed = allowed_mask(split) if protocol.remove_reference else None
 
-    metrics: dict[str, float] = {}
+    values: dict[str, torch.Tensor] = {}
     if protocol.recall_ks:
         ranks = target_ranks(s, primary, allowed)
-        metrics.update({f"R@{k}": recall_at_k(ranks, k) for k in protocol.recall_ks})
+        values.update({f"R@{k}": (ranks < k).double() for k in protocol.recall_ks})
     if protocol.subset_ks:
         ranks = target_ranks(s, primary, allowed_mask(split, remove_reference=True, restrict_to_group=True))
-        metrics.update({f"Rs@{k}": recall_at_k(ranks, k) for k in protocol.subset_ks})
+        values.update({f"Rs@{k}": (ranks < k).double() for k in protocol.subset_ks})
     if protocol.map_ks:
         available = len(split.gallery) - (1 if protocol.remove_reference else 0)
         ranked = rank_gallery(s, min(max(protocol.map_ks), available), allowed)
         width = max(len(t) for t in targets)
         relevant = torch.tensor([t + [-1] * (width - len(t)) for t in targets], dtype=torch.long)
-        metrics.update({f"mAP@{k}": mean_average_precision_at_k(ranked, relevant, k) for k in protocol.map_ks})
+        values.update({f"mAP@{k}": average_precision_at_k(ranked, relevant, k) for k in protocol.map_ks})
+    return values
+
+
+def evaluate_split(split: CIRSplit, scores) -> dict[str, float]:
+    """All metrics of the split's dataset (PROTOCOLS[split.dataset]), in percent: the per-query values'
+    means (`per_query_metrics`) and the protocol's "Avg".
+
+    Args:
+        split: a split with targets (val/train).
+        scores: [len(split.queries), len(split.gallery)] score matrix (torch or numpy).
+    Returns:
+        e.g. CIRR {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "Avg"};
+        FashionIQ {"R@10", "R@50", "Avg"}; CIRCO {"R@5".."R@50", "mAP@5", "mAP@10", "mAP@25", "mAP@50"}.
+    """
+    values = per_query_metrics(split, scores)
+    if any(v.numel() == 0 for v in values.values()):
+        raise ValueError("metrics of an empty set of queries")
+    metrics = {name: float(v.mean() * 100) for name, v in values.items()}
+    protocol = PROTOCOLS[split.dataset]
     if protocol.average_of:
         metrics["Avg"] = sum(metrics[name] for name in protocol.average_of) / len(protocol.average_of)
     return metrics

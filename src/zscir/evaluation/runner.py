@@ -26,7 +26,7 @@ from zscir.compose import METHODS, Method, PromptTemplate, QueryInputs
 from zscir.data.images import check_images
 from zscir.data.records import CIRSplit
 from zscir.errors import DataError, ZscirError
-from zscir.evaluation.metrics import evaluate_split, mean_metrics
+from zscir.evaluation.metrics import evaluate_split, mean_metrics, per_query_metrics
 from zscir.models.backbone import fingerprint_module
 from zscir.models.phi import check_fits
 from zscir.oti.store import TokenStore
@@ -55,6 +55,10 @@ class EvalResult:
     queries: torch.Tensor
     dropped_queries: int = 0
     dropped_images: int = 0
+
+    def per_query(self) -> dict[str, torch.Tensor]:
+        """Each metric per query (`per_query_metrics`: a hit or AP@K in [0, 1]); the split must have targets."""
+        return per_query_metrics(self.split, self.scores)
 
 
 def failure_summary(failed: dict[str, str], examples: int = 5) -> str:
