@@ -32,6 +32,29 @@ def test_share_is_round_robin_over_the_agreed_list():
     assert ProcessGroup(0, 1).share([5, 6]) == [5, 6]
 
 
+def test_the_process_group_is_destroyed_at_exit_once(monkeypatch):
+    """A launched process tears its group down before Python finalises (a gloo thread aborts it otherwise)."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from zscir.retrieval import shards
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    shards.destroy_process_group_at_exit.cache_clear()
+    shards.destroy_process_group_at_exit()
+    shards.destroy_process_group_at_exit()  # the commands call it each time; it registers once
+    assert registered == [shards._destroy_process_group]
+    shards.destroy_process_group_at_exit.cache_clear()
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    registered[0]()
+    assert not dist.is_initialized()
+    registered[0]()  # nothing left to destroy: a no-op
+
+
 def _images(folder: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
