@@ -36,17 +36,18 @@ def test_the_process_group_is_destroyed_at_exit_once(monkeypatch):
     """A launched process tears its group down before Python finalises (a gloo thread aborts it otherwise)."""
     import atexit
 
+    import torch._dynamo  # noqa: F401  (the hook imports it; its own exit hooks are not this test's)
     import torch.distributed as dist
 
     from zscir.retrieval import shards
 
     registered = []
     monkeypatch.setattr(atexit, "register", registered.append)
-    shards.destroy_process_group_at_exit.cache_clear()
-    shards.destroy_process_group_at_exit()
-    shards.destroy_process_group_at_exit()  # the commands call it each time; it registers once
+    shards.tear_down_process_group_at_exit.cache_clear()
+    shards.tear_down_process_group_at_exit()
+    shards.tear_down_process_group_at_exit()  # the commands call it each time; it registers once
     assert registered == [shards._destroy_process_group]
-    shards.destroy_process_group_at_exit.cache_clear()
+    shards.tear_down_process_group_at_exit.cache_clear()
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     assert dist.is_initialized()
@@ -179,6 +180,10 @@ def test_two_processes_equal_one_and_a_killed_run_redoes_only_its_missing_chunks
     report = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # the rerun shares out the missing chunks 3 and 5 only: one each, 2 images each
     assert [r["encoded"] for r in report] == [2, 2]
+    for rank in range(2):  # the group's teardown ended gloo's threads in both processes
+        threads = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        assert "pt_gloo_runloop" in threads["before"], threads
+        assert not [t for t in threads["after"] if "gloo" in t], threads
     from safetensors.torch import load_file
 
     merged = load_file(str(tmp_path / "merged.safetensors"))["features"]
@@ -233,6 +238,18 @@ def _worker(folder: str, clip_dir: str) -> None:
     assert main(["evaluate", "--dataset", "cirr", "--root", str(tmp / "cirr"), "--method", "sum",
                  "--cache-dir", str(tmp / "eval-cache-2"), "--out", str(tmp / "eval-2"), *common]) == 0
     assert main(_invert_args(tmp, clip_dir, "tok-2")) == 0
+    # what the exit hook does: after it no gloo thread is left to touch Python while the interpreter finalises
+    # (with torch._dynamo imported after the group, by the model loads above, its threads survived it)
+    from zscir.retrieval.shards import _destroy_process_group
+
+    before = _thread_names()
+    _destroy_process_group()
+    (tmp / f"threads{group.rank}.json").write_text(json.dumps({"before": before, "after": _thread_names()}))
+
+
+def _thread_names() -> list[str]:
+    """This process's thread names (Linux): gloo's are `pt_gloo_runloop` and `gloo_tcp_loop`."""
+    return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from zscir.commands.common import build_conditioner, check_conditioner, check_runtime, existing_folder
 from zscir.commands.options import add, add_conditioner_arguments, add_runtime_arguments
-from zscir.retrieval.shards import destroy_process_group_at_exit
+from zscir.retrieval.shards import tear_down_process_group_at_exit
 from zscir.training.config import GeneratorTrainConfig
 
 HELP = "generate CIG pseudo-target images from composed SDXL conditionings (resumable; accelerate-shardable)"
@@ -84,8 +84,8 @@ def run(args) -> int:
     accelerate = require("accelerate", "generate")
     # cpu=True lets torchrun / accelerate launch shard over CPU processes (gloo) when there is no GPU
     on_cpu = not torch.cuda.is_available() or str(args.device or "").startswith("cpu")
+    tear_down_process_group_at_exit()
     state = accelerate.PartialState(cpu=on_cpu)
-    destroy_process_group_at_exit()
     args.device = args.device or str(state.device)
     config = GenerationConfig(
         steps=args.steps, guidance=args.guidance, height=args.size, width=args.size, batch_size=args.batch_size,

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from zscir.errors import DataError, ZscirError, require
-from zscir.retrieval.shards import destroy_process_group_at_exit
+from zscir.retrieval.shards import tear_down_process_group_at_exit
 from zscir.training.checkpoint import load_training_state, save_training_state
 from zscir.training.config import TrainConfig
 from zscir.utils.io import apply_umask_modes, read_json, remove_stale_temps, write_json_atomic
@@ -318,12 +318,11 @@ def _make_accelerator(config: TrainConfig, trackers: list[str]):
     accelerate = _require_accelerate()
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise ZscirError("mixed_precision=fp16 needs a GPU; use bf16 (CPU autocast) or no", setting="mixed_precision")
-    accelerator = accelerate.Accelerator(
+    tear_down_process_group_at_exit()
+    return accelerate.Accelerator(
         cpu=config.cpu, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
         log_with=trackers or None, project_dir=config.output_dir,
     )
-    destroy_process_group_at_exit()
-    return accelerator
 
 
 def trackers_for(report_to: str) -> list[str]:
