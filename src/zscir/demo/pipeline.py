@@ -136,14 +136,14 @@ def run_demo(config: DemoConfig) -> dict:
     else:
         mean, std = mean_std_rows([r["rows"] for r in runs])
         checks = acceptance(mean, [r["rows"] for r in runs], [r["per_query"] for r in runs])
-        first = {k: v for k, v in runs[0].items() if k != "per_query"}  # per query: in per_seed only
-        per_seed = {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "per_query", "calibration", "seconds", "cig")}
+        first = {k: v for k, v in runs[0].items() if k != "per_query"}  # per query: in each seed's folder
+        per_seed = {str(r["world"]["seed"]): {k: r[k] for k in ("rows", "calibration", "seconds", "cig")}
                     for r in runs}
         results = {**first, "rows": mean, "std": std, "seeds": seeds, "acceptance": [asdict(c) for c in checks],
                    "calibration": _mean_calibration([r["calibration"] for r in runs]), "per_seed": per_seed}
     results["seconds"] = {**results["seconds"], "all seeds": round(time.perf_counter() - start, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "results.json", results)
+    write_results(out_dir, results)
     text = render_summary(results, format_results_table(results["rows"], std))
     write_bytes_atomic(out_dir / "table.txt", text.encode())
     print(text)
@@ -285,8 +285,16 @@ def run_seed(config: DemoConfig, seed: int, out_dir: Path) -> dict:
         "grid_method": grid_method,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "results.json", results)
+    write_results(out_dir, results)
     return results
+
+
+def write_results(out_dir: Path, results: dict) -> None:
+    """`results.json`, and the per-query values of a single seed in a compact `per_query.json` beside it
+    ({label: {benchmark: {metric: [per split, one value per query]}}}, the input of the paired intervals)."""
+    if "per_query" in results:
+        write_json_atomic(out_dir / "per_query.json", results["per_query"], indent=None)
+    write_json_atomic(out_dir / "results.json", {k: v for k, v in results.items() if k != "per_query"})
 
 
 ROW_ORDER = ("image only", "text only", "image + text (sum)", "upper bound", "LinCIR (", "LinCIR + RTD", "SEARLE-OTI",
