@@ -157,6 +157,15 @@ def test_acceptance_intervals_from_per_query_values():
     assert all(c.low is None for c in a.acceptance(rows))  # no per-query values: no interval
 
 
+def test_printed_difference_of_a_check():
+    from zscir.demo.pipeline import _difference
+
+    assert _difference({"difference": -1.7, "low": -3.3, "high": -0.2}) == "; difference -1.7 (95% -3.3 to -0.2)"
+    assert _difference({"difference": 0.8, "low": -1.1, "high": 2.7}).endswith("; within noise")
+    assert _difference({"difference": 0.0, "low": 0.0, "high": 0.0}) == "; identical query by query"
+    assert _difference({"low": None}) == ""
+
+
 def test_mean_std_rows():
     from zscir.demo.acceptance import mean_std_rows
 

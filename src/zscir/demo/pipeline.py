@@ -612,8 +612,11 @@ def render_summary(results: dict, table: str) -> str:
 
 
 def _difference(check: dict) -> str:
-    """"; difference -1.7 (95% -3.0 to -0.4)" of an acceptance check, "within noise" when the interval holds 0."""
+    """"; difference -1.7 (95% -3.0 to -0.4)" of an acceptance check: "within noise" when the interval holds 0,
+    "identical" when the two rows give every query the same value."""
     if check.get("low") is None:
         return ""
+    if check["low"] == check["high"] == 0.0:  # e.g. CIG at α = 1: the very same queries
+        return "; identical query by query"
     noise = "; within noise" if check["low"] <= 0.0 <= check["high"] else ""
     return f"; difference {check['difference']:+.1f} (95% {check['low']:+.1f} to {check['high']:+.1f}){noise}"
