@@ -46,7 +46,12 @@ class Check:
     @property
     def within_noise(self) -> bool:
         """True when the 95% interval of the difference contains 0: these queries cannot tell the two rows apart."""
-        return self.low is not None and self.low <= 0.0 <= self.high
+        return within_noise(self.low, self.high)
+
+
+def within_noise(low: float | None, high: float | None) -> bool:
+    """True when a 95% interval [low, high] contains 0 (False when there is no interval)."""
+    return low is not None and low <= 0.0 <= high
 
 
 @dataclass(frozen=True)

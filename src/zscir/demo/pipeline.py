@@ -28,7 +28,7 @@ from zscir.data.synthetic.scene import Scene
 from zscir.data.synthetic.vocab import PROMPT_PREFIX, PSEUDO_TOKEN
 from zscir.data.synthetic.world import WorldSizes
 from zscir.demo import methods
-from zscir.demo.acceptance import COMPARED, acceptance, mean_std_rows
+from zscir.demo.acceptance import COMPARED, acceptance, mean_std_rows, within_noise
 from zscir.demo.calibration import REAL_BASELINES, REAL_CLIP, layout_properties, self_retrieval, world_clip_geometry
 from zscir.demo.methods import MethodBudget
 from zscir.demo.report import cirr_edit_types, format_results_table, query_grid, recall_by_edit_type
@@ -618,5 +618,5 @@ def _difference(check: dict) -> str:
         return ""
     if check["low"] == check["high"] == 0.0:  # e.g. CIG at α = 1: the very same queries
         return "; identical query by query"
-    noise = "; within noise" if check["low"] <= 0.0 <= check["high"] else ""
+    noise = "; within noise" if within_noise(check["low"], check["high"]) else ""
     return f"; difference {check['difference']:+.1f} (95% {check['low']:+.1f} to {check['high']:+.1f}){noise}"
